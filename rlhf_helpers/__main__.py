@@ -1,0 +1,3 @@
+from rlhf_helpers.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""Command line: ``python -m rlhf_helpers COMMAND``. Every command calls the same functions as
+the notebooks, so a headless run and a notebook run give the same results.
+
+Exit codes: 0 success, 1 a stage failed, 2 bad input (invalid data, unknown preset, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from rlhf_helpers.data_loading import length_counter, validate_rows
+    from rlhf_helpers.presets import PresetUnavailableError, get_preset, load_tokenizer
+
+    count, max_tokens = None, None
+    if args.preset:
+        try:
+            preset = get_preset(args.preset)
+            count, max_tokens = length_counter(load_tokenizer(args.preset)), preset.max_source_length
+        except PresetUnavailableError as e:
+            print(f"note: over-long texts not checked: {e}", file=sys.stderr)
+    try:
+        report, _ = validate_rows(args.path, args.kind, max_tokens=max_tokens, count_tokens=count)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"{args.path}: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for problem in report.errors:
+        print(str(problem), file=sys.stderr)
+    for problem in report.warnings:
+        print(f"{problem} (warning)", file=sys.stderr)
+    print(report.summary(), file=sys.stdout if report.ok else sys.stderr)
+    return EXIT_OK if report.ok else EXIT_BAD_INPUT
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from rlhf_helpers.runner import run_course
+
+    try:
+        summary = run_course(args.out, preset=args.preset, only=args.only)
+    except RuntimeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    for nb in summary["notebooks"]:
+        print(f"{nb['name']:<28} {nb['status']:<6} {nb['seconds']:>7.1f} s")
+    print(f"total {summary['total_seconds']:.1f} s; summary: {Path(args.out) / 'summary.json'}")
+    return EXIT_OK
+
+
+def _cmd_build_tiny(args: argparse.Namespace) -> int:
+    import json
+
+    from rlhf_helpers.presets import model_path
+
+    path = Path(model_path("tiny"))
+    info = json.loads((path / "build_info.json").read_text())
+    print(f"tiny preset at {path}: {info['parameters']:,} parameters, vocab {info['vocab_size']}, "
+          f"built in {info['build_seconds']} s, pretraining loss {info['pretrain_loss_first']:.2f} -> "
+          f"{info['pretrain_loss_last']:.2f}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m rlhf_helpers", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("run", help="execute every course notebook headless and write a summary")
+    p.add_argument("--out", default="runs/latest", help="output folder (default: runs/latest)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--only", nargs="*", help="run only notebooks whose name contains one of these")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("validate", help="check a data file; prints PATH:LINE: problems, exit 2 if invalid")
+    p.add_argument("path")
+    p.add_argument("--kind", required=True, choices=["sft", "preferences", "eval"])
+    p.add_argument("--preset", default="tiny", help="preset whose max length defines 'over-long' ('' to skip)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("build-tiny", help="build (or show) the cached offline tiny preset")
+    p.set_defaults(func=_cmd_build_tiny)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,67 @@
+"""Where things live and how randomness is controlled.
+
+One seed drives data splits, model initialisation and sampling (``set_seed``). Paths can be
+moved with environment variables so the same code serves a laptop, CI, Colab and a GPU box:
+
+* ``RLHF_CACHE``      built tiny presets (default: ``$XDG_CACHE_HOME/rlhf-course`` or ``~/.cache/rlhf-course``)
+* ``RLHF_ARTIFACTS``  trained adapters, reward models, metrics (default: ``<repo>/artifacts``)
+* ``RLHF_DATA_DIR``   the course dataset (default: ``<repo>/data``)
+* ``RLHF_PRESET``     the model preset every notebook and CLI command uses (default: ``tiny``)
+* ``RLHF_SEED``       the course seed (default: 0)
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_SEED = 0
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def course_seed() -> int:
+    return int(os.environ.get("RLHF_SEED", DEFAULT_SEED))
+
+
+def set_seed(seed: int | None = None) -> int:
+    """Seed Python, NumPy and torch (CPU and CUDA) from one number and return it."""
+    import torch
+
+    seed = course_seed() if seed is None else seed
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return seed
+
+
+def cache_dir() -> Path:
+    if "RLHF_CACHE" in os.environ:
+        return Path(os.environ["RLHF_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "rlhf-course"
+
+
+def artifacts_dir() -> Path:
+    return Path(os.environ.get("RLHF_ARTIFACTS", REPO_ROOT / "artifacts")).expanduser()
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("RLHF_DATA_DIR", REPO_ROOT / "data")).expanduser()
+
+
+def preset_name(default: str = "tiny") -> str:
+    return os.environ.get("RLHF_PRESET", default)
+
+
+def device_name() -> str:
+    """``cuda`` when a GPU is visible, else ``mps`` on Apple silicon, else ``cpu``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"

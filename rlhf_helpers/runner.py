@@ -1,0 +1,86 @@
+"""Run the whole course headless: every numbered notebook, in order, with a progress bar, then a
+``summary.json`` with per-notebook seconds and each stage's metrics.
+
+Each run is self-contained: artifacts (adapters, reward models, metrics) go to ``OUT/artifacts``
+so two runs never read each other's results; only the tiny base model is shared through the
+cache (``RLHF_CACHE``), because it depends on nothing but the seed and the data.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from rlhf_helpers.config import REPO_ROOT, course_seed
+from rlhf_helpers.io_utils import atomic_write_json, atomic_write_text
+from rlhf_helpers.report import collect_metrics
+
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+def course_notebooks(folder: Path = NOTEBOOK_DIR) -> list[Path]:
+    """The course's notebooks in teaching order (``NN_name.ipynb``)."""
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def run_course(
+    out: str | Path = "runs/latest",
+    preset: str = "tiny",
+    only: list[str] | None = None,
+    timeout_per_cell: int = 1800,
+    progress: bool = True,
+) -> dict:
+    """Execute the notebooks into ``out`` and write ``out/summary.json``; returns the summary.
+
+    Stops at the first failing notebook (later ones depend on its results), records the error
+    in the summary, and raises ``RuntimeError``.
+    """
+    import nbformat
+    from nbclient import NotebookClient
+    from tqdm.auto import tqdm
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ["RLHF_ARTIFACTS"] = str(out / "artifacts")
+    os.environ["RLHF_PRESET"] = preset
+    os.environ.setdefault("RLHF_SEED", str(course_seed()))
+    os.environ.setdefault("TQDM_DISABLE", "1")  # notebooks' inner bars would flood the executed files
+
+    notebooks = [nb for nb in course_notebooks() if not only or any(o in nb.stem for o in only)]
+    summary: dict = {"preset": preset, "seed": course_seed(), "notebooks": [], "metrics": {}}
+    start = time.perf_counter()
+    bar = tqdm(notebooks, desc="course", unit="notebook", disable=not progress)
+    for path in bar:
+        bar.set_postfix_str(path.stem)
+        nb = nbformat.read(path, as_version=4)
+        cells = sum(c.cell_type == "code" for c in nb.cells)
+        cell_bar = tqdm(total=cells, desc=f"  {path.stem}", unit="cell", leave=False, disable=not progress)
+        client = NotebookClient(
+            nb,
+            timeout=timeout_per_cell,
+            kernel_name="python3",
+            resources={"metadata": {"path": str(path.parent)}},
+            on_cell_executed=lambda **_: cell_bar.update(1),
+        )
+        t0 = time.perf_counter()
+        entry = {"name": path.stem, "status": "ok"}
+        try:
+            client.execute()
+        except Exception as e:
+            entry["status"] = "failed"
+            entry["error"] = f"{type(e).__name__}: {str(e)[-2000:]}"
+        finally:
+            cell_bar.close()
+            entry["seconds"] = round(time.perf_counter() - t0, 1)
+            atomic_write_text(out / path.name, nbformat.writes(nb))
+            summary["notebooks"].append(entry)
+        if entry["status"] != "ok":
+            break
+    summary["total_seconds"] = round(time.perf_counter() - start, 1)
+    summary["metrics"] = collect_metrics(out / "artifacts" / "metrics")
+    atomic_write_json(out / "summary.json", summary)
+    failed = [n for n in summary["notebooks"] if n["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"notebook {failed[0]['name']} failed; see {out / (failed[0]['name'] + '.ipynb')}")
+    return summary
