@@ -58,9 +58,11 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
 
     path = Path(model_path("tiny"))
     info = json.loads((path / "build_info.json").read_text())
-    print(f"tiny preset at {path}: {info['parameters']:,} parameters, vocab {info['vocab_size']}, "
-          f"built in {info['build_seconds']} s, pretraining loss {info['pretrain_loss_first']:.2f} -> "
-          f"{info['pretrain_loss_last']:.2f}")
+    print(
+        f"tiny preset at {path}: {info['parameters']:,} parameters, vocab {info['vocab_size']}, "
+        f"built in {info['build_seconds']} s, pretraining loss {info['pretrain_loss_first']:.2f} -> "
+        f"{info['pretrain_loss_last']:.2f}"
+    )
     return EXIT_OK
 
 

@@ -47,8 +47,11 @@ def stamp_notebook(path: Path) -> bool:
     nb = nbformat.read(path, as_version=4)
     first = nb.cells[0]
     badge_re = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)")
-    new_source = badge_re.sub(badge_markdown(path), first.source) if badge_re.search(first.source) \
+    new_source = (
+        badge_re.sub(badge_markdown(path), first.source)
+        if badge_re.search(first.source)
         else badge_markdown(path) + "\n\n" + first.source
+    )
     changed = new_source != first.source
     first.source = new_source
     if nb.cells[1].cell_type == "code" and nb.cells[1].source != INSTALL_CELL and "google.colab" in nb.cells[1].source:

@@ -157,13 +157,12 @@ def _iter_csv(path: str, text: str, problems: list[Problem]) -> Iterator[tuple[i
         if row and len(row) != len(header):
             problems.append(Problem(path, start, None, f"expected {len(header)} columns, found {len(row)}"))
         elif row:
-            yield start, dict(zip(header, row))
+            yield start, dict(zip(header, row, strict=False))
         start = reader.line_num + 1
 
 
 def _iter_dataset(ds) -> Iterator[tuple[int, object]]:
-    for i, row in enumerate(ds, start=1):
-        yield i, row
+    yield from enumerate(ds, start=1)
 
 
 def _open_dataset(source: str):
@@ -271,7 +270,7 @@ def validate_rows(
     report.n_rows = len(rows)
 
     seen: dict[tuple, int] = {}
-    for row, line in zip(rows, lines):
+    for row, line in zip(rows, lines, strict=False):
         key = tuple(row[n] for n in required)
         if key in seen:
             report.duplicates += 1
@@ -282,7 +281,7 @@ def validate_rows(
     if max_tokens and count_tokens and rows:
         for name in required:
             lengths = count_tokens([r[name] for r in rows])
-            over = [(line, n) for line, n in zip(lines, lengths) if n > max_tokens]
+            over = [(line, n) for line, n in zip(lines, lengths, strict=False) if n > max_tokens]
             report.too_long += len(over)
             for line, n in over[:3]:
                 report.warnings.append(

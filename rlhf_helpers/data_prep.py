@@ -63,8 +63,13 @@ def prepare_splits(val_fraction: float = 0.1, seed: int | None = None, out: str 
     data = load_course_data()
     sft_train, sft_val = split_by_prompt(data["sft"], val_fraction, seed)
     pref_train, pref_val = split_by_prompt(data["preferences"], val_fraction, seed)
-    splits = {"sft_train": sft_train, "sft_val": sft_val, "pref_train": pref_train, "pref_val": pref_val,
-              "eval": data["eval"]}
+    splits = {
+        "sft_train": sft_train,
+        "sft_val": sft_val,
+        "pref_train": pref_train,
+        "pref_val": pref_val,
+        "eval": data["eval"],
+    }
     for name, ds in splits.items():
         atomic_write_jsonl(out / SPLIT_FILES[name], ds.to_list())
     train_prompts = set(sft_train["prompt"]) | set(pref_train["prompt"])
@@ -84,8 +89,13 @@ def ensure_splits() -> Path:
 
 def load_split(name: str):
     """One split written by :func:`prepare_splits` (as a Dataset of its kind)."""
-    kind = {"sft_train": "sft", "sft_val": "sft", "pref_train": "preferences", "pref_val": "preferences",
-            "eval": "eval"}[name]
+    kind = {
+        "sft_train": "sft",
+        "sft_val": "sft",
+        "pref_train": "preferences",
+        "pref_val": "preferences",
+        "eval": "eval",
+    }[name]
     return load_records(ensure_splits() / SPLIT_FILES[name], kind)
 
 
@@ -95,8 +105,10 @@ def load_split(name: str):
 def pair_statistics(prefs) -> dict:
     """What decides the preference pairs: per-criterion win rates and the length heuristic."""
     n = len(prefs)
-    longer_wins = sum(len(c) > len(r) for c, r in zip(prefs["chosen"], prefs["rejected"])) / n
-    decided = Counter(c for d in prefs["decided_by"] for c in d.split(",") if c) if "decided_by" in prefs.column_names else {}
+    longer_wins = sum(len(c) > len(r) for c, r in zip(prefs["chosen"], prefs["rejected"], strict=False)) / n
+    decided: Counter = Counter()
+    if "decided_by" in prefs.column_names:
+        decided.update(c for d in prefs["decided_by"] for c in d.split(",") if c)
     stats = {"pairs": n, "prompts": len(set(prefs["prompt"])), "longer_is_chosen": round(longer_wins, 3)}
     for c in CRITERIA:
         if f"chosen_{c}" in prefs.column_names:
@@ -110,8 +122,13 @@ def criterion_table(prefs):
 
     rows = []
     for c in CRITERIA:
-        rows.append({"criterion": c, "chosen mean": sum(prefs[f"chosen_{c}"]) / len(prefs),
-                     "rejected mean": sum(prefs[f"rejected_{c}"]) / len(prefs)})
+        rows.append(
+            {
+                "criterion": c,
+                "chosen mean": sum(prefs[f"chosen_{c}"]) / len(prefs),
+                "rejected mean": sum(prefs[f"rejected_{c}"]) / len(prefs),
+            }
+        )
     return pd.DataFrame(rows).set_index("criterion").round(2)
 
 
@@ -149,7 +166,7 @@ def plot_criteria(prefs):
     import numpy as np
 
     fig, axes = plt.subplots(1, len(CRITERIA), figsize=(12, 3), sharey=True)
-    for ax, c in zip(axes, CRITERIA):
+    for ax, c in zip(axes, CRITERIA, strict=False):
         for offset, side in ((-0.2, "chosen"), (0.2, "rejected")):
             counts = np.bincount(prefs[f"{side}_{c}"], minlength=3)
             ax.bar(np.arange(3) + offset, counts, width=0.4, label=side)

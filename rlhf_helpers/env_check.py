@@ -7,7 +7,7 @@ learner sees at a glance what to fix before anything long runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import metadata, import_module
+from importlib import import_module, metadata
 
 from packaging.version import Version
 

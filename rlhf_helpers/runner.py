@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from rlhf_helpers.config import REPO_ROOT, course_seed
@@ -36,16 +38,36 @@ def run_course(
     Stops at the first failing notebook (later ones depend on its results), records the error
     in the summary, and raises ``RuntimeError``.
     """
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    kernel_env = {
+        "RLHF_ARTIFACTS": str(out / "artifacts"),
+        "RLHF_PRESET": preset,
+        "RLHF_SEED": str(course_seed()),
+        "TQDM_DISABLE": "1",  # the notebooks' inner bars would flood the executed files
+    }
+    with _environment(kernel_env):  # kernels inherit it; this process is left as it was
+        return _run_notebooks(out, preset, only, timeout_per_cell, progress)
+
+
+@contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _run_notebooks(out: Path, preset: str, only: list[str] | None, timeout_per_cell: int, progress: bool) -> dict:
     import nbformat
     from nbclient import NotebookClient
     from tqdm.auto import tqdm
-
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    os.environ["RLHF_ARTIFACTS"] = str(out / "artifacts")
-    os.environ["RLHF_PRESET"] = preset
-    os.environ.setdefault("RLHF_SEED", str(course_seed()))
-    os.environ.setdefault("TQDM_DISABLE", "1")  # notebooks' inner bars would flood the executed files
 
     notebooks = [nb for nb in course_notebooks() if not only or any(o in nb.stem for o in only)]
     summary: dict = {"preset": preset, "seed": course_seed(), "notebooks": [], "metrics": {}}
@@ -61,7 +83,7 @@ def run_course(
             timeout=timeout_per_cell,
             kernel_name="python3",
             resources={"metadata": {"path": str(path.parent)}},
-            on_cell_executed=lambda **_: cell_bar.update(1),
+            on_cell_executed=lambda bar=cell_bar, **_: bar.update(1),
         )
         t0 = time.perf_counter()
         entry = {"name": path.stem, "status": "ok"}

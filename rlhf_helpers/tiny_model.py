@@ -59,7 +59,8 @@ def corpus_texts(folder: Path | None = None) -> list[str]:
     """Training-side texts only (SFT and preference files): evaluation references never leak in."""
     folder = Path(folder or data_dir())
     texts: list[str] = []
-    for name, fields in (("sft.jsonl", ("prompt", "response")), ("preferences.jsonl", ("prompt", "chosen", "rejected"))):
+    sources = (("sft.jsonl", ("prompt", "response")), ("preferences.jsonl", ("prompt", "chosen", "rejected")))
+    for name, fields in sources:
         for row in read_jsonl(folder / name):
             texts.extend(row[f] for f in fields)
     return list(dict.fromkeys(texts))  # de-duplicate, keep order (deterministic)
@@ -86,7 +87,9 @@ def _unigram_pieces(texts: list[str], vocab_size: int) -> list[tuple[str, float]
 
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = t5_pre_tokenizer()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    )
     tok.train_from_iterator(texts, trainer=trainer)
     specials = {"<pad>", "</s>", "<unk>"}
     candidates = {p: s for p, s in json.loads(tok.to_str())["model"]["vocab"] if p not in specials}
@@ -176,7 +179,7 @@ def span_corrupt(ids: list[int], sentinel_ids: list[int], recipe: TinyRecipe, rn
     mask = random_spans_noise_mask(len(ids), recipe.noise_density, recipe.mean_span_length, rng)
     inputs, targets, span = [], [], -1
     prev = False
-    for tok, noisy in zip(ids, mask):
+    for tok, noisy in zip(ids, mask, strict=False):
         if noisy:
             if not prev:
                 span += 1
@@ -247,9 +250,7 @@ def recipe_key(recipe: TinyRecipe, texts: list[str]) -> str:
 def build_tiny(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool = True) -> dict:
     """Build tokenizer + pretrained model into ``out_dir`` (atomically) and return build info."""
     import torch
-    from transformers import T5ForConditionalGeneration
-
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, T5ForConditionalGeneration
 
     t0 = time.perf_counter()
     texts = corpus_texts()
@@ -271,6 +272,7 @@ def build_tiny(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool 
         "pretrain_loss_last": float(np.mean(losses[-20:])),
         "pretrain_losses": [round(x, 4) for x in losses],
     }
+
     def write(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -1,0 +1,36 @@
+"""Shared test settings. Nothing in the test suite may touch the network: the hub is switched off
+for this process and every notebook kernel it starts (they inherit the environment)."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: int = 600):
+    """Run ``python -m rlhf_helpers ARGS`` in a subprocess; returns the CompletedProcess."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "rlhf_helpers", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch):
+    """A private artifacts folder for one test."""
+    folder = tmp_path / "artifacts"
+    monkeypatch.setenv("RLHF_ARTIFACTS", str(folder))
+    return folder

@@ -1,0 +1,141 @@
+"""Each kind of bad input gives exit status 2 and a `file:line: field ...` message; good input gives 0."""
+
+import json
+
+import pytest
+from conftest import run_cli
+
+from rlhf_helpers.data_loading import DataValidationError, load_records, validate_rows
+
+GOOD = {"prompt": "Where is my order #123?", "response": "It ships today."}
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def validate(path, kind="sft"):
+    result = run_cli("validate", str(path), "--kind", kind, "--preset", "")
+    return result.returncode, result.stderr
+
+
+@pytest.mark.parametrize(
+    "bad_row, field, message",
+    [
+        ({"prompt": "hi"}, "response", "missing field"),
+        ({"prompt": "hi", "response": "   "}, "response", "empty text"),
+        ({"prompt": 7, "response": "x"}, "prompt", "expected text, got int"),
+        ({"prompt": "hi", "response": None}, "response", "missing value"),
+    ],
+)
+def test_field_errors_name_file_line_and_field(tmp_path, bad_row, field, message):
+    path = write_jsonl(tmp_path / "data.jsonl", [GOOD, GOOD | {"prompt": "other"}, bad_row])
+    code, err = validate(path)
+    assert code == 2
+    assert f"{path}:3: field '{field}': {message}" in err
+
+
+def test_malformed_json_line(tmp_path):
+    path = write_jsonl(tmp_path / "data.jsonl", [GOOD, '{"prompt": "a", "response": }'])
+    code, err = validate(path)
+    assert code == 2 and f"{path}:2: malformed JSON line" in err
+
+
+def test_broken_csv_quoting(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text('prompt,response\n"a","b"\n"c","d\n"e,f\n')
+    code, err = validate(path)
+    assert code == 2 and f"{path}:3: broken CSV quoting" in err
+
+
+def test_csv_rows_spanning_lines_report_their_first_line(tmp_path):
+    path = tmp_path / "data.csv"
+    path.write_text('prompt,response\n"a","multi\nline"\n"c",""\n')
+    code, err = validate(path)
+    assert code == 2 and f"{path}:4: field 'response': empty text" in err
+
+
+def test_undecodable_bytes_name_the_field(tmp_path):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(json.dumps(GOOD).encode() + b'\n{"prompt": "ok", "response": "caf\xe9 latin-1"}\n')
+    code, err = validate(path)
+    assert code == 2 and f"{path}:2: field 'response': contains bytes that are not valid UTF-8" in err
+
+
+def test_chosen_equal_rejected(tmp_path):
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "p", "chosen": "same", "rejected": "same "}])
+    code, err = validate(path, "preferences")
+    assert code == 2 and f"{path}:1: field 'rejected': chosen and rejected are identical" in err
+
+
+def test_json_array_reports_the_line_each_object_starts_on(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": "a",\n   "chosen": "b"}\n]\n')
+    code, err = validate(path, "preferences")
+    assert code == 2 and f"{path}:3: field 'rejected': missing field" in err
+
+
+def test_malformed_json_file(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('[\n  {"prompt": "a", "chosen": "b", "rejected": "c"},\n  {"prompt": \n]\n')
+    code, err = validate(path, "preferences")
+    assert code == 2 and f"{path}:4: malformed JSON" in err
+
+
+def test_duplicates_and_over_long_texts_are_counted_not_fatal(tmp_path):
+    long_prompt = "please help " * 200
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD, GOOD, {"prompt": long_prompt, "response": "ok"}])
+    result = run_cli("validate", str(path), "--kind", "sft", "--preset", "tiny")
+    assert result.returncode == 0, result.stderr
+    assert "1 duplicates, 1 over-long texts" in result.stdout
+    assert f"{path}:2: duplicate of line 1 (warning)" in result.stderr
+    assert f"{path}:3: field 'prompt':" in result.stderr and "longer than the preset's 96" in result.stderr
+
+
+def test_valid_file_exits_zero_with_one_line_summary():
+    result = run_cli("validate", "data/preferences.jsonl", "--kind", "preferences", "--preset", "")
+    assert result.returncode == 0
+    expected = "data/preferences.jsonl: valid: 1575 preferences rows, 0 duplicates, 0 over-long texts"
+    assert result.stdout.strip().splitlines() == [expected]
+
+
+def test_missing_file_is_bad_input(tmp_path):
+    code, err = validate(tmp_path / "nope.jsonl")
+    assert code == 2 and "nope.jsonl" in err
+
+
+def test_seed_format_and_aliases_normalise_to_standard_columns(tmp_path):
+    path = write_jsonl(tmp_path / "seed.jsonl", [{"prompt": "p", "human_answer": "good", "machine_answer": "bad"}])
+    ds = load_records(path, "preferences")
+    assert ds.column_names == ["prompt", "chosen", "rejected"]
+    assert ds[0] == {"prompt": "p", "chosen": "good", "rejected": "bad"}
+
+
+def test_saved_datasets_folder_and_csv_load_the_same(tmp_path):
+    import datasets
+
+    rows = [{"prompt": f"p{i}", "response": f"r{i}", "issue": "late"} for i in range(3)]
+    datasets.Dataset.from_list(rows).save_to_disk(tmp_path / "saved")
+    (tmp_path / "d.csv").write_text("prompt,response,issue\n" + "".join(f"p{i},r{i},late\n" for i in range(3)))
+    assert load_records(tmp_path / "saved", "sft").to_list() == rows
+    assert load_records(tmp_path / "d.csv", "sft").to_list() == rows
+
+
+def test_hub_dataset_name_offline_gives_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="hub dataset"):
+        load_records("someone/some-dataset", "sft")
+
+
+def test_load_records_raises_with_every_problem_listed(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "", "response": "x"}, {"prompt": "a"}])
+    with pytest.raises(DataValidationError) as info:
+        load_records(path, "sft")
+    assert len(info.value.report.errors) == 2
+    assert f"{path}:1: field 'prompt': empty text" in str(info.value)
+
+
+def test_validation_writes_nothing(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
+    validate_rows(path, "sft")
+    assert [p.name for p in tmp_path.iterdir()] == ["d.jsonl"]
