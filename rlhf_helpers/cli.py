@@ -66,6 +66,35 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_sft(args: argparse.Namespace) -> int:
+    from rlhf_helpers.presets import PresetUnavailableError
+    from rlhf_helpers.sft import run_sft_stage, sft_defaults
+
+    overrides = {
+        k: v
+        for k, v in {
+            "num_epochs": args.epochs,
+            "lora_r": args.lora_r,
+            "learning_rate": args.lr,
+            "target_modules": args.target_modules,
+        }.items()
+        if v is not None
+    }
+    try:
+        cfg = sft_defaults(args.preset, **overrides)
+        out = run_sft_stage(cfg, out_dir=args.out, progress=not args.quiet)
+    except (PresetUnavailableError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    m = out.metrics
+    print(
+        f"SFT done in {m['train_seconds']} s: ROUGE-L {m['rougeL_before']:.3f} -> {m['rougeL']:.3f}, "
+        f"BLEU {m['bleu']:.3f}, METEOR {m['meteor'] if m['meteor'] is None else round(m['meteor'], 3)}; "
+        f"adapter in {m['adapter_dir']}, metrics in {Path(args.out) / 'metrics.json'}"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_helpers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", required=True, choices=["sft", "preferences", "eval"])
     p.add_argument("--preset", default="tiny", help="preset whose max length defines 'over-long' ('' to skip)")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("sft", help="LoRA supervised fine-tuning (notebook 02's code); writes OUT/metrics.json")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--out", default="artifacts/sft", help="folder for metrics.json and the adapter")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lora-r", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--target-modules", nargs="+")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_sft)
 
     p = sub.add_parser("build-tiny", help="build (or show) the cached offline tiny preset")
     p.set_defaults(func=_cmd_build_tiny)

@@ -1,0 +1,363 @@
+"""Stage 2, supervised fine-tuning (SFT) with LoRA: teach the base model to write support replies.
+
+LoRA (Hu et al. 2021) freezes the pretrained weight W and learns a low-rank update:
+
+    h = W x + (alpha / r) * B A x,    A: r x d_in,  B: d_out x r,  B initialised to 0
+
+so training starts exactly at the base model and touches well under 1% of the parameters.
+We use transformers' ``Seq2SeqTrainer`` with a peft ``LoraConfig(task_type=SEQ_2_SEQ_LM)``
+(trl's ``SFTTrainer`` only handles decoder-only models).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from rlhf_helpers.config import artifacts_dir, course_seed, device_name, fast_cpu_math
+from rlhf_helpers.generation import DecodeSettings, generate_responses
+from rlhf_helpers.metrics import text_metrics
+from rlhf_helpers.presets import get_preset, model_path
+
+
+@dataclass
+class SFTConfig:
+    """Everything that defines an SFT run. :func:`sft_defaults` fills in per-preset defaults."""
+
+    preset: str = "tiny"
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])
+    learning_rate: float = 3e-3
+    num_epochs: float = 10
+    batch_size: int = 16
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    max_source_length: int = 96
+    max_target_length: int = 64
+    eval_batch_size: int = 64
+    seed: int = 0
+
+
+def sft_defaults(preset: str = "tiny", **overrides) -> SFTConfig:
+    """Sane defaults: a tiny model needs a high learning rate and many epochs; Flan-T5 does not."""
+    p = get_preset(preset)
+    base = SFTConfig(
+        preset=preset, seed=course_seed(), max_source_length=p.max_source_length, max_target_length=p.max_target_length
+    )
+    if p.hub_name is None:  # tiny: a weak base needs a wider adapter and a high learning rate
+        base = replace(base, lora_r=32, lora_alpha=32)
+    else:  # real Flan-T5
+        base = replace(base, learning_rate=5e-4, num_epochs=3, batch_size=8, lora_dropout=0.05, eval_batch_size=16)
+    return replace(base, **overrides)
+
+
+def tokenize_pairs(ds, tokenizer, cfg: SFTConfig):
+    """input_ids / attention_mask from the prompt, labels from the response (truncated)."""
+
+    def encode(batch):
+        enc = tokenizer(batch["prompt"], max_length=cfg.max_source_length, truncation=True)
+        enc["labels"] = tokenizer(text_target=batch["response"], max_length=cfg.max_target_length, truncation=True)[
+            "input_ids"
+        ]
+        return enc
+
+    return ds.map(encode, batched=True, remove_columns=ds.column_names)
+
+
+def lora_model(base_model, cfg: SFTConfig):
+    """Wrap the base model with fresh LoRA adapters on ``cfg.target_modules``."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        task_type=TaskType.SEQ_2_SEQ_LM,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=list(cfg.target_modules),
+    )
+    return get_peft_model(base_model, config)
+
+
+def parameter_counts(model) -> tuple[int, int]:
+    """(trainable, total) parameters."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def mixed_precision() -> dict:
+    """bf16 on GPUs that support it. Not fp16: T5's activations overflow in fp16 (NaN losses)."""
+    import torch
+
+    return {"bf16": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())}
+
+
+@dataclass
+class SFTResult:
+    model: object
+    tokenizer: object
+    config: SFTConfig
+    log_history: list[dict]
+    train_seconds: float
+    trainable_params: int
+    total_params: int
+
+
+def train_sft(cfg: SFTConfig, train_ds, val_ds=None, progress: bool = True) -> SFTResult:
+    """Fine-tune the preset's base model with LoRA on ``train_ds`` (columns prompt, response).
+
+    Validation loss is computed each epoch; pass ``val_ds=None`` to skip it.
+    """
+    import torch
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Seq2SeqTrainer,
+        Seq2SeqTrainingArguments,
+    )
+    from transformers import set_seed as hf_set_seed
+
+    fast_cpu_math()
+    hf_set_seed(cfg.seed)
+    path = model_path(cfg.preset)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = lora_model(AutoModelForSeq2SeqLM.from_pretrained(path), cfg)
+    trainable, total = parameter_counts(model)
+
+    train_tok = tokenize_pairs(train_ds, tokenizer, cfg)
+    val_tok = tokenize_pairs(val_ds, tokenizer, cfg) if val_ds is not None else None
+    # Pads labels with -100 so padding never counts in the loss; pads inputs to the batch's longest.
+    collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+    steps_per_epoch = max(len(train_tok) // cfg.batch_size, 1)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = Seq2SeqTrainingArguments(
+            output_dir=scratch,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=cfg.eval_batch_size,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.num_epochs,
+            warmup_steps=int(cfg.warmup_ratio * steps_per_epoch * cfg.num_epochs),
+            weight_decay=cfg.weight_decay,
+            lr_scheduler_type="linear",
+            logging_steps=max(steps_per_epoch // 4, 1),
+            eval_strategy="epoch" if val_tok is not None else "no",
+            save_strategy="no",
+            report_to=[],
+            seed=cfg.seed,
+            disable_tqdm=not progress,
+            dataloader_num_workers=0,
+            use_cpu=device_name() == "cpu",
+            **mixed_precision(),
+        )
+        trainer = Seq2SeqTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_tok,
+            eval_dataset=val_tok,
+            data_collator=collator,
+            processing_class=tokenizer,
+        )
+        use_compact_progress(trainer, progress, desc="SFT")
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    model.eval()
+    torch.manual_seed(cfg.seed)
+    return SFTResult(model, tokenizer, cfg, trainer.state.log_history, seconds, trainable, total)
+
+
+class CompactProgress:
+    """One tqdm bar with the latest loss, instead of the Trainer's printed dict per log step
+    (which floods a notebook). Built lazily so transformers is only imported when training."""
+
+    def __new__(cls, desc: str):
+        from tqdm.auto import tqdm
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            bar = None
+
+            def on_train_begin(self, args, state, control, **kwargs):
+                self.bar = tqdm(total=state.max_steps, desc=desc, unit="step")
+
+            def on_step_end(self, args, state, control, **kwargs):
+                self.bar.update(1)
+
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if self.bar is not None and logs:
+                    shown = {k: f"{v:.3f}" for k, v in logs.items() if k in ("loss", "eval_loss")}
+                    if shown:
+                        self.bar.set_postfix(shown)
+
+            def on_train_end(self, args, state, control, **kwargs):
+                self.bar.close()
+
+        return _Callback()
+
+
+def use_compact_progress(trainer, progress: bool, desc: str) -> None:
+    """Replace the Trainer's printing callbacks by :class:`CompactProgress` (or by nothing)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(PrinterCallback)
+    trainer.remove_callback(ProgressCallback)
+    if progress:
+        trainer.add_callback(CompactProgress(desc))
+
+
+def loss_curves(log_history: list[dict]) -> dict[str, list[tuple[float, float]]]:
+    """(epoch, loss) points for the training and validation loss from the Trainer's log."""
+    train = [(h["epoch"], h["loss"]) for h in log_history if "loss" in h]
+    val = [(h["epoch"], h["eval_loss"]) for h in log_history if "eval_loss" in h]
+    return {"train": train, "validation": val}
+
+
+def plot_loss_curves(log_history: list[dict]):
+    import matplotlib.pyplot as plt
+
+    curves = loss_curves(log_history)
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    for name, points in curves.items():
+        if points:
+            ax.plot(*zip(*points), marker="o" if name == "validation" else None, label=name)
+    ax.set(xlabel="epoch", ylabel="cross-entropy loss", yscale="log", title="SFT loss")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def evaluate_generations(model, tokenizer, eval_ds, cfg: SFTConfig, progress: bool = False) -> tuple[dict, list[str]]:
+    """Greedy replies to the held-out prompts and their ROUGE/BLEU/METEOR against the references."""
+    replies = generate_responses(
+        model,
+        tokenizer,
+        list(eval_ds["prompt"]),
+        DecodeSettings(max_new_tokens=cfg.max_target_length),
+        batch_size=cfg.eval_batch_size,
+        max_source_length=cfg.max_source_length,
+        progress=progress,
+    )
+    return text_metrics(replies, list(eval_ds["reference"])), replies
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+
+def default_sft_dir() -> Path:
+    return artifacts_dir() / "sft"
+
+
+def save_sft(result: SFTResult, out_dir: str | Path | None = None) -> Path:
+    """Save the LoRA adapter, the tokenizer and the run's config into ``out_dir/adapter``,
+    atomically: a crash leaves either the previous adapter or the new one, never half of one."""
+    out_dir = Path(out_dir or default_sft_dir())
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "adapter"
+    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir))
+    try:
+        result.model.save_pretrained(tmp)
+        result.tokenizer.save_pretrained(tmp)
+        (tmp / "sft_config.json").write_text(json.dumps(asdict(result.config), indent=2))
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def load_sft(adapter_dir: str | Path | None = None, merge: bool = False, trainable: bool = False):
+    """(model, tokenizer, config) from a saved adapter: the preset's base model plus the adapter.
+
+    ``merge=True`` folds B A into W (a plain T5 model, faster to run, no peft needed afterwards).
+    """
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    adapter_dir = Path(adapter_dir or default_sft_dir() / "adapter")
+    if not (adapter_dir / "sft_config.json").exists():
+        raise FileNotFoundError(
+            f"{adapter_dir}: no saved SFT adapter here (run notebook 02 or `python -m rlhf_helpers sft`)"
+        )
+    cfg = SFTConfig(**json.loads((adapter_dir / "sft_config.json").read_text()))
+    base = AutoModelForSeq2SeqLM.from_pretrained(model_path(cfg.preset))
+    model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable)
+    if merge:
+        model = model.merge_and_unload()
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(adapter_dir), cfg
+
+
+def merge_sft(adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Save base + adapter merged into one ordinary ``T5ForConditionalGeneration`` folder."""
+    model, tokenizer, _ = load_sft(adapter_dir, merge=True)
+    out_dir = Path(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+# --------------------------------------------------------------------------- the whole stage
+
+
+@dataclass
+class SFTStageOutput:
+    metrics: dict
+    result: SFTResult
+    prompts: list[str]
+    references: list[str]
+    replies_before: list[str]
+    replies_after: list[str]
+
+
+def run_sft_stage(
+    cfg: SFTConfig | None = None, out_dir: str | Path | None = None, progress: bool = True
+) -> SFTStageOutput:
+    """What notebook 02 and ``python -m rlhf_helpers sft`` do: score the base model on the held-out
+    prompts, train, score again, save the adapter. Metrics are recorded as stage ``sft``."""
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.report import record_metrics
+
+    cfg = cfg or sft_defaults()
+    train_ds, val_ds, eval_ds = load_split("sft_train"), load_split("sft_val"), load_split("eval")
+    base_path = model_path(cfg.preset)
+    base = AutoModelForSeq2SeqLM.from_pretrained(base_path)
+    before, replies_before = evaluate_generations(base, AutoTokenizer.from_pretrained(base_path), eval_ds, cfg)
+    del base
+    result = train_sft(cfg, train_ds, val_ds, progress=progress)
+    after, replies_after = evaluate_generations(result.model, result.tokenizer, eval_ds, cfg)
+    adapter = save_sft(result, out_dir)
+    curves = loss_curves(result.log_history)
+    metrics = {
+        **after,
+        **{f"{k}_before": v for k, v in before.items()},
+        "train_seconds": round(result.train_seconds, 1),
+        "trainable_params": result.trainable_params,
+        "total_params": result.total_params,
+        "final_train_loss": curves["train"][-1][1] if curves["train"] else None,
+        "final_val_loss": curves["validation"][-1][1] if curves["validation"] else None,
+        "n_eval": len(eval_ds),
+        "preset": cfg.preset,
+        "adapter_dir": str(adapter),
+    }
+    record_metrics("sft", metrics, out_dir=out_dir)
+    return SFTStageOutput(
+        metrics, result, list(eval_ds["prompt"]), list(eval_ds["reference"]), replies_before, replies_after
+    )
+
+
+def first_lora_layer(model):
+    """The first LoRA-wrapped linear layer of a peft model (to look inside one)."""
+    for name, module in model.named_modules():
+        if hasattr(module, "lora_A") and "default" in getattr(module, "lora_A", {}):
+            return name, module
+    raise ValueError("no LoRA layer in this model")
