@@ -95,6 +95,79 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_reward(args: argparse.Namespace) -> int:
+    from rlhf_helpers.data_loading import DataValidationError
+    from rlhf_helpers.presets import PresetUnavailableError
+    from rlhf_helpers.reward import reward_defaults, run_reward_stage
+
+    overrides = {
+        k: v
+        for k, v in {
+            "num_epochs": args.epochs,
+            "learning_rate": args.lr,
+            "max_train_pairs": args.max_pairs,
+            "max_length": args.max_length,
+            "margin": args.margin,
+        }.items()
+        if v is not None
+    }
+    if args.full_finetune:
+        overrides["use_lora"] = False
+    try:
+        cfg = reward_defaults(args.backbone, **overrides)
+        if cfg.max_train_pairs:
+            print(
+                f"note: training on at most {cfg.max_train_pairs} pairs (subsampled with seed {cfg.seed}; "
+                "--max-pairs 0 uses all)",
+                file=sys.stderr,
+            )
+        out = run_reward_stage(cfg, args.train, args.eval, out_dir=args.out, progress=not args.quiet)
+    except DataValidationError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (PresetUnavailableError, FileNotFoundError, ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    m = out.metrics
+    sub = f" (subsampled from {m['subsampled_from']})" if m["subsampled_from"] else ""
+    print(
+        f"reward model ({m['backbone']}) trained on {m['n_train']} pairs{sub} in {m['train_seconds']} s: "
+        f"held-out accuracy {m['accuracy']:.3f} on {m['n_eval']} pairs; length baseline "
+        f"{m['length_baseline_accuracy']:.3f}; model in {m['model_dir']}"
+    )
+    return EXIT_OK
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    from rlhf_helpers.data_loading import DataValidationError
+    from rlhf_helpers.judger import load_reward_judge, run_judge_stage
+
+    judge = None
+    if args.with_reward_model:
+        try:
+            judge = load_reward_judge(args.with_reward_model)
+        except (ImportError, FileNotFoundError, OSError) as e:
+            print(f"error: cannot use the reward model at {args.with_reward_model}: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+    try:
+        m = run_judge_stage(args.pairs, args.out, judge=judge)
+    except DataValidationError as e:
+        for problem in e.report.errors:
+            print(str(problem), file=sys.stderr)
+        print(e.report.summary(), file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(
+        f"judged {m['n']} pairs ({m['format']} format) in {m['seconds']} s: agreement {m['agreement']:.3f}, "
+        f"kappa {m['kappa']:.3f}, position consistency {m['position_consistency']:.3f}; "
+        f"{m['n_written']} labelled pairs ({m['n_ties']} ties dropped) in {m['labelled_pairs']}, "
+        f"metrics in {Path(args.out) / 'metrics.json'}"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_helpers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -120,6 +193,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-modules", nargs="+")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_sft)
+
+    p = sub.add_parser("reward", help="train a Bradley-Terry reward model (notebook 03's code)")
+    p.add_argument("--train", help="preference file (JSON/JSONL/CSV/seed format/saved dataset); default: course split")
+    p.add_argument("--eval", help="held-out preference file; default: course validation split")
+    p.add_argument("--backbone", default="tiny", help="tiny | flan-t5-* | minilm | any model name/path")
+    p.add_argument("--out", default="artifacts/reward_cli", help="folder for metrics.json and the model")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--max-pairs", type=int, help="subsample the training pairs (0 = all)")
+    p.add_argument("--max-length", type=int, help="token budget per (prompt, response); longer inputs are truncated")
+    p.add_argument("--margin", type=float, help="fixed margin in the Bradley-Terry loss")
+    p.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_reward)
+
+    p = sub.add_parser("judge", help="judge response pairs (notebook 04's judger); writes OUT/metrics.json")
+    p.add_argument("--pairs", required=True, help="preference file (prompt/chosen/rejected) or seed-format rows")
+    p.add_argument("--out", default="artifacts/judge", help="folder for metrics.json and labelled_pairs.jsonl")
+    p.add_argument("--with-reward-model", metavar="PATH", help="add the reward-model criterion (a saved reward model)")
+    p.set_defaults(func=_cmd_judge)
 
     p = sub.add_parser("build-tiny", help="build (or show) the cached offline tiny preset")
     p.set_defaults(func=_cmd_build_tiny)

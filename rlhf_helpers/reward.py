@@ -1,0 +1,459 @@
+"""Stage 3, the reward model: a scalar r(x, y) trained on preference pairs.
+
+Loss (Stiennon et al. 2020, eq. 1; Bradley–Terry):
+
+    loss = -log sigmoid( r(x, y_chosen) - r(x, y_rejected) - margin )
+
+computed by trl's ``RewardTrainer`` (trl 1.x). Backbones: the preset's T5 as
+``T5ForSequenceClassification`` (``num_labels=1``, score read at the final EOS), the offline
+all-MiniLM-L6-v2 encoder (``minilm``), or any ``AutoModelForSequenceClassification`` name/path.
+
+Inputs are formatted like the policy sees them: the prompt, then the response, joined with the
+tokenizer's own pair template (T5: ``prompt </s> response </s>``; BERT: ``[CLS] prompt [SEP]
+response [SEP]``). Truncation policy, stated once and used everywhere (training and scoring): the
+response keeps its *end* (its last tokens: the closing and the final EOS are where a reply is
+judged finished) and gets up to 3/4 of the budget; the prompt keeps its *start* (where the facts
+are) in the rest. Nothing ever crashes on length.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from rlhf_helpers.backbones import minilm_path
+from rlhf_helpers.config import artifacts_dir, course_seed, device_name, fast_cpu_math
+from rlhf_helpers.course_data import CRITERIA
+from rlhf_helpers.presets import PRESETS, get_preset, model_path
+
+#: The classification head's module name per backbone family: with LoRA it must be trained and
+#: saved in full (``modules_to_save``), else peft leaves it random and drops it from the checkpoint.
+HEAD_NAMES = {"t5": "classification_head", "bert": "classifier", "roberta": "classifier", "deberta-v2": "classifier"}
+LORA_TARGETS = {"t5": ["q", "v"], "bert": ["query", "value"], "roberta": ["query", "value"]}
+
+
+@dataclass
+class RewardConfig:
+    backbone: str = "tiny"  # a preset name, "minilm", or any sequence-classification model name/path
+    use_lora: bool = True
+    lora_r: int = 32
+    lora_alpha: int = 32
+    learning_rate: float = 2e-3
+    num_epochs: float = 4
+    batch_size: int = 16
+    max_length: int = 160
+    margin: float = 0.0  # optional fixed margin in the loss (trl's "margin" column)
+    max_train_pairs: int | None = None  # subsample the training pairs (stated in the output when used)
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def reward_defaults(backbone: str = "tiny", **overrides) -> RewardConfig:
+    """Per-backbone defaults: the tiny T5 trains fast with a high rate; pretrained encoders do not."""
+    cfg = RewardConfig(backbone=backbone, seed=course_seed())
+    if backbone in PRESETS:
+        preset = get_preset(backbone)
+        cfg = replace(cfg, max_length=preset.max_source_length + preset.max_target_length)
+        if preset.hub_name is not None:
+            cfg = replace(cfg, learning_rate=2e-4, lora_r=16, lora_alpha=32, num_epochs=2, batch_size=8)
+    else:  # a pretrained encoder such as MiniLM: 22M parameters, slow on a CPU, so one pass on 600 pairs
+        cfg = replace(
+            cfg,
+            learning_rate=3e-4,
+            lora_r=16,
+            lora_alpha=32,
+            num_epochs=1,
+            max_length=256,
+            max_train_pairs=600 if device_name() == "cpu" else None,
+        )
+    return replace(cfg, **overrides)
+
+
+def backbone_path(backbone: str) -> str:
+    if backbone in PRESETS:
+        return model_path(backbone)
+    if backbone == "minilm":
+        return minilm_path()
+    return backbone
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def pair_template(tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """(prefix, middle, suffix) special ids that the tokenizer puts around a text pair, read off
+    one encoded example (T5: ``[], [</s>], [</s>]``; BERT: ``[CLS], [SEP], [SEP]``). transformers 5
+    no longer exposes ``build_inputs_with_special_tokens``, and we must truncate ids ourselves."""
+    cached = getattr(tokenizer, "_rlhf_pair_template", None)
+    if cached is not None:
+        return cached
+    a = tokenizer("hello", add_special_tokens=False)["input_ids"]
+    b = tokenizer("world", add_special_tokens=False)["input_ids"]
+    full = tokenizer("hello", "world")["input_ids"]
+    i = next(k for k in range(len(full)) if full[k : k + len(a)] == a)
+    j = next(k for k in range(i + len(a), len(full)) if full[k : k + len(b)] == b)
+    template = (full[:i], full[i + len(a) : j], full[j + len(b) :])
+    tokenizer._rlhf_pair_template = template
+    return template
+
+
+def encode_pair(tokenizer, prompt: str, response: str, max_length: int) -> list[int]:
+    """Token ids of (prompt, response) under the truncation policy of the module docstring."""
+    prefix, middle, suffix = pair_template(tokenizer)
+    p = tokenizer(prompt, add_special_tokens=False, verbose=False)["input_ids"]
+    r = tokenizer(response, add_special_tokens=False, verbose=False)["input_ids"]
+    budget = max_length - len(prefix) - len(middle) - len(suffix)
+    r_keep = min(len(r), max(budget * 3 // 4, budget - len(p)))
+    r = r[len(r) - r_keep :] if r_keep > 0 else []
+    p = p[: max(budget - len(r), 0)]
+    return prefix + p + middle + r + suffix
+
+
+def preference_features(ds, tokenizer, cfg: RewardConfig):
+    """The pre-tokenised columns trl's RewardTrainer reads (``chosen_ids``, ``rejected_ids``)."""
+
+    def encode(row):
+        out = {
+            "chosen_ids": encode_pair(tokenizer, row["prompt"], row["chosen"], cfg.max_length),
+            "rejected_ids": encode_pair(tokenizer, row["prompt"], row["rejected"], cfg.max_length),
+        }
+        if cfg.margin:
+            out["margin"] = cfg.margin
+        return out
+
+    return ds.map(encode, remove_columns=ds.column_names)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def _family(model_or_config) -> str:
+    config = getattr(model_or_config, "config", model_or_config)
+    return config.model_type
+
+
+def load_backbone(cfg: RewardConfig):
+    """(sequence-classification model with one output, tokenizer) for ``cfg.backbone``."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    path = backbone_path(cfg.backbone)
+    torch.manual_seed(cfg.seed)  # the new head's initialisation
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # "classification_head ... newly initialized": expected, it is what we train
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+def lora_config_for(model, cfg: RewardConfig):
+    from peft import LoraConfig, TaskType
+
+    family = _family(model)
+    if family not in HEAD_NAMES:
+        raise ValueError(f"no LoRA recipe for model type {family!r}; use use_lora=False (full fine-tuning)")
+    return LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        target_modules=LORA_TARGETS.get(family, ["query", "value"]),
+        modules_to_save=[HEAD_NAMES[family]],  # train and save the head in full (see HEAD_NAMES)
+    )
+
+
+class RewardModel:
+    """A trained reward model with a batched ``score(prompts, responses) -> list[float]``.
+
+    Used by the judger's reward criterion, by PPO (reward at the last response token) and by the
+    evaluation notebook. Scores use the same formatting and truncation as training.
+    """
+
+    def __init__(self, model, tokenizer, cfg: RewardConfig):
+        self.model, self.tokenizer, self.cfg = model, tokenizer, cfg
+        self.model.eval()
+
+    @property
+    def device(self):
+        return next(self.model.parameters()).device
+
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
+        import torch
+
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        scores: list[float] = []
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(prompts), batch_size):
+            ids = [
+                encode_pair(self.tokenizer, p, r, self.cfg.max_length)
+                for p, r in zip(prompts[start : start + batch_size], responses[start : start + batch_size])
+            ]
+            width = max(len(x) for x in ids)
+            input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=self.device)
+            mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids], device=self.device)
+            with torch.no_grad():
+                logits = self.model(input_ids=input_ids, attention_mask=mask).logits
+            scores.extend(logits.squeeze(-1).float().tolist())
+        return scores
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Save weights (adapter + head, or the full model), tokenizer and config, atomically."""
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+        try:
+            self.model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "reward_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+            if out_dir.exists():
+                shutil.rmtree(out_dir)
+            tmp.rename(out_dir)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return out_dir
+
+
+def default_reward_dir() -> Path:
+    return artifacts_dir() / "reward"
+
+
+def load_reward_model(path: str | Path | None = None) -> RewardModel:
+    """Reload a saved reward model (LoRA adapter + head on its backbone, or a full model)."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    path = Path(path or default_reward_dir())
+    if not (path / "reward_config.json").exists():
+        raise FileNotFoundError(
+            f"{path}: no saved reward model here (run notebook 03 or `python -m rlhf_helpers reward`)"
+        )
+    cfg = RewardConfig(**json.loads((path / "reward_config.json").read_text()))
+    if cfg.use_lora:
+        base = AutoModelForSequenceClassification.from_pretrained(backbone_path(cfg.backbone), num_labels=1)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if base.config.pad_token_id is None:
+            base.config.pad_token_id = tokenizer.pad_token_id
+        model = PeftModel.from_pretrained(base, path)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    return RewardModel(model, tokenizer, cfg)
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class RewardTrainingResult:
+    reward_model: RewardModel
+    log_history: list[dict]
+    train_seconds: float
+    n_train: int
+    subsampled_from: int | None
+
+
+def subsample(ds, n: int | None, seed: int):
+    """At most ``n`` rows (``None`` or 0: all), chosen by a seeded shuffle; returns (dataset,
+    original size, or None when nothing was dropped)."""
+    if not n or len(ds) <= n:
+        return ds, None
+    return ds.shuffle(seed=seed).select(range(n)), len(ds)
+
+
+def train_reward_model(cfg: RewardConfig, train_ds, eval_ds=None, progress: bool = True) -> RewardTrainingResult:
+    """Train with trl's RewardTrainer on pre-tokenised pairs (our truncation, nothing filtered)."""
+    from transformers import set_seed as hf_set_seed
+    from trl import RewardConfig as TrlRewardConfig
+    from trl import RewardTrainer
+
+    from rlhf_helpers.sft import mixed_precision, use_compact_progress
+
+    fast_cpu_math()
+    hf_set_seed(cfg.seed)
+    train_ds, original = subsample(train_ds, cfg.max_train_pairs, cfg.seed)
+    model, tokenizer = load_backbone(cfg)
+    train_features = preference_features(train_ds, tokenizer, cfg)
+    eval_features = preference_features(eval_ds, tokenizer, cfg) if eval_ds is not None else None
+    steps_per_epoch = max(math.ceil(len(train_features) / cfg.batch_size), 1)
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrlRewardConfig(
+            output_dir=scratch,
+            per_device_train_batch_size=cfg.batch_size,
+            per_device_eval_batch_size=64,
+            learning_rate=cfg.learning_rate,
+            num_train_epochs=cfg.num_epochs,
+            lr_scheduler_type="linear",
+            warmup_steps=max(int(0.05 * steps_per_epoch * cfg.num_epochs), 1),
+            logging_steps=max(steps_per_epoch // 4, 1),
+            eval_strategy="epoch" if eval_features is not None else "no",
+            save_strategy="no",
+            report_to=[],
+            seed=cfg.seed,
+            max_length=None,  # we truncate ourselves (encode_pair); trl would drop long pairs instead
+            disable_tqdm=not progress,
+            dataloader_num_workers=0,
+            use_cpu=device_name() == "cpu",
+            **mixed_precision(),
+        )
+        trainer = RewardTrainer(
+            model=model,
+            args=args,
+            train_dataset=train_features,
+            eval_dataset=eval_features,
+            processing_class=tokenizer,
+            peft_config=lora_config_for(model, cfg) if cfg.use_lora else None,
+        )
+        use_compact_progress(trainer, progress, desc="reward model")
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+    return RewardTrainingResult(
+        RewardModel(trainer.model, tokenizer, cfg), trainer.state.log_history, seconds, len(train_ds), original
+    )
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate_reward_model(rm: RewardModel, ds, seed: int = 0, n_bins: int = 10) -> dict:
+    """Held-out pairwise accuracy, the length baseline, margins, calibration, per-criterion accuracy.
+
+    Calibration needs both outcomes, so each pair is shown in a seeded random order (A, B):
+    predicted P(A preferred) = sigmoid(r_A - r_B) is compared with how often A really is the chosen one.
+    """
+    prompts, chosen, rejected = list(ds["prompt"]), list(ds["chosen"]), list(ds["rejected"])
+    r_c = np.array(rm.score(prompts, chosen))
+    r_r = np.array(rm.score(prompts, rejected))
+    margins = r_c - r_r
+    correct = margins > 0
+    length_baseline = np.array([len(c) > len(r) for c, r in zip(chosen, rejected)])
+
+    rng = random.Random(seed)
+    a_is_chosen = np.array([rng.random() < 0.5 for _ in prompts])
+    diff = np.where(a_is_chosen, margins, -margins)
+    p_a = 1 / (1 + np.exp(-diff))
+    bins = np.clip((p_a * n_bins).astype(int), 0, n_bins - 1)
+    calibration = []
+    for b in range(n_bins):
+        sel = bins == b
+        if sel.any():
+            calibration.append(
+                {
+                    "bin": b,
+                    "predicted": float(p_a[sel].mean()),
+                    "observed": float(a_is_chosen[sel].mean()),
+                    "count": int(sel.sum()),
+                }
+            )
+    ece = sum(abs(c["predicted"] - c["observed"]) * c["count"] for c in calibration) / len(prompts)
+
+    metrics = {
+        "accuracy": float(correct.mean()),
+        "n_eval": len(prompts),
+        "length_baseline_accuracy": float(length_baseline.mean()),
+        "mean_margin": float(margins.mean()),
+        "expected_calibration_error": float(ece),
+        "calibration": calibration,
+        "reward_chosen_mean": float(r_c.mean()),
+        "reward_rejected_mean": float(r_r.mean()),
+    }
+    if "decided_by" in ds.column_names:
+        for c in CRITERIA:
+            sel = np.array([c in d.split(",") for d in ds["decided_by"]])
+            if sel.any():
+                metrics[f"accuracy_{c}"] = float(correct[sel].mean())
+                metrics[f"n_{c}"] = int(sel.sum())
+    metrics["_scores"] = {"chosen": r_c.tolist(), "rejected": r_r.tolist()}
+    return metrics
+
+
+def accuracy_curve(log_history: list[dict]) -> list[tuple[float, float]]:
+    return [(h["epoch"], h["eval_accuracy"]) for h in log_history if "eval_accuracy" in h]
+
+
+def plot_reward_diagnostics(metrics: dict, log_history: list[dict]):
+    """Chosen vs rejected reward histograms, the calibration curve, accuracy over training."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    scores = metrics["_scores"]
+    bins = np.linspace(min(scores["rejected"] + scores["chosen"]), max(scores["rejected"] + scores["chosen"]), 30)
+    axes[0].hist(scores["chosen"], bins=bins, alpha=0.6, label="chosen")
+    axes[0].hist(scores["rejected"], bins=bins, alpha=0.6, label="rejected")
+    axes[0].set(title="rewards on held-out pairs", xlabel="r(x, y)", ylabel="pairs")
+    axes[0].legend()
+    cal = metrics["calibration"]
+    axes[1].plot([0, 1], [0, 1], "k--", lw=1, label="perfect")
+    axes[1].plot([c["predicted"] for c in cal], [c["observed"] for c in cal], "o-", label="reward model")
+    axes[1].set(
+        title=f"calibration (ECE {metrics['expected_calibration_error']:.3f})",
+        xlabel="predicted P(A preferred)",
+        ylabel="observed frequency",
+    )
+    axes[1].legend()
+    curve = accuracy_curve(log_history)
+    if curve:
+        axes[2].plot(*zip(*curve), "o-", label="reward model")
+    axes[2].axhline(metrics["length_baseline_accuracy"], color="gray", ls=":", label="longer wins")
+    axes[2].set(title="held-out accuracy during training", xlabel="epoch", ylabel="accuracy", ylim=(0.4, 1.01))
+    axes[2].legend()
+    fig.tight_layout()
+    return fig
+
+
+# --------------------------------------------------------------------------- the whole stage
+
+
+@dataclass
+class RewardStageOutput:
+    metrics: dict
+    training: RewardTrainingResult
+    eval_metrics: dict
+
+
+def run_reward_stage(
+    cfg: RewardConfig | None = None,
+    train_path: str | Path | None = None,
+    eval_path: str | Path | None = None,
+    out_dir: str | Path | None = None,
+    progress: bool = True,
+) -> RewardStageOutput:
+    """What notebook 03 and ``python -m rlhf_helpers reward`` do: load (and validate) the pairs,
+    train, evaluate on held-out pairs, save the model to ``out_dir`` (default artifacts/reward)."""
+    from rlhf_helpers.data_loading import load_records
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.report import record_metrics
+
+    cfg = cfg or reward_defaults()
+    train_ds = load_records(train_path, "preferences") if train_path else load_split("pref_train")
+    eval_ds = load_records(eval_path, "preferences") if eval_path else load_split("pref_val")
+    training = train_reward_model(cfg, train_ds, eval_ds, progress=progress)
+    eval_metrics = evaluate_reward_model(training.reward_model, eval_ds, seed=cfg.seed)
+    saved = training.reward_model.save(Path(out_dir) / "model" if out_dir else default_reward_dir())
+    metrics = {k: v for k, v in eval_metrics.items() if not k.startswith("_")}
+    metrics.update(
+        train_seconds=round(training.train_seconds, 1),
+        n_train=training.n_train,
+        subsampled_from=training.subsampled_from,
+        backbone=cfg.backbone,
+        use_lora=cfg.use_lora,
+        model_dir=str(saved),
+    )
+    record_metrics("reward", metrics, out_dir=out_dir)
+    return RewardStageOutput(metrics, training, eval_metrics)
