@@ -168,6 +168,43 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_ppo(args: argparse.Namespace) -> int:
+    from rlhf_helpers.ppo_stage import ppo_defaults, run_ppo_stage
+    from rlhf_helpers.presets import PresetUnavailableError
+
+    overrides = {
+        k: v
+        for k, v in {
+            "steps": args.steps,
+            "init_kl_coef": args.beta,
+            "learning_rate": args.lr,
+            "batch_size": args.batch_size,
+        }.items()
+        if v is not None
+    }
+    if args.fixed_kl:
+        overrides["adaptive_kl"] = False
+    try:
+        out = run_ppo_stage(
+            args.preset,
+            ppo_defaults(args.preset, **overrides),
+            out_dir=args.out,
+            resume_from=args.resume,
+            progress=not args.quiet,
+        )
+    except (PresetUnavailableError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    m = out.metrics
+    print(
+        f"PPO: {m['steps']} steps, {m['seconds_per_step']:.2f} s/step; reward {m['reward_start']:.2f} -> "
+        f"{m['reward_end']:.2f}; KL {m['kl_end']:.2f} nats (bound {m['kl_bound']}); gold-judge win rate vs SFT "
+        f"{m['win_rate_vs_sft']:.3f} ({m['wins']} wins, {m['ties']} ties, {m['losses']} losses); metrics in "
+        f"{Path(args.out) / 'metrics.json'}"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_helpers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -213,6 +250,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="artifacts/judge", help="folder for metrics.json and labelled_pairs.jsonl")
     p.add_argument("--with-reward-model", metavar="PATH", help="add the reward-model criterion (a saved reward model)")
     p.set_defaults(func=_cmd_judge)
+
+    p = sub.add_parser("ppo", help="PPO on the SFT policy against the reward model (notebook 05's code)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--out", default="artifacts/ppo_cli", help="folder for metrics.json, checkpoints, history")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--beta", type=float, help="initial KL coefficient")
+    p.add_argument("--fixed-kl", action="store_true", help="keep beta fixed (no adaptive KL controller)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--resume", help="checkpoint folder to continue from")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_ppo)
 
     p = sub.add_parser("build-tiny", help="build (or show) the cached offline tiny preset")
     p.set_defaults(func=_cmd_build_tiny)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -31,7 +32,7 @@ from rlhf_helpers.config import cache_dir, data_dir, fast_cpu_math
 from rlhf_helpers.io_utils import atomic_write_json, read_jsonl
 
 #: Bump when the build recipe changes so stale caches are not reused.
-BUILD_VERSION = 2
+BUILD_VERSION = 3
 N_SENTINELS = 100
 
 
@@ -47,7 +48,7 @@ class TinyRecipe:
     d_ff: int = 384
     num_layers: int = 3
     num_decoder_layers: int = 3
-    pretrain_steps: int = 550
+    pretrain_steps: int = 500
     batch_size: int = 24
     learning_rate: float = 3e-3
     max_length: int = 128  # tokens per pretraining document
@@ -77,6 +78,11 @@ def pretraining_documents(folder: Path | None = None) -> list[str]:
     return [f"{prompt} {reply}" for prompt, reply in _training_rows(folder)]
 
 
+def _is_clean_piece(piece: str) -> bool:
+    body = piece[1:] if piece.startswith("▁") else piece
+    return body == "" or body.replace("'", "").isalpha() or len(body) == 1
+
+
 def _unigram_pieces(texts: list[str], vocab_size: int) -> list[tuple[str, float]]:
     """Unigram pieces with log-probability scores, trained with ``tokenizers``.
 
@@ -104,12 +110,14 @@ def _unigram_pieces(texts: list[str], vocab_size: int) -> list[tuple[str, float]
     tok.train_from_iterator(texts, trainer=trainer)
     specials = {"<pad>", "</s>", "<unk>"}
     candidates = {p: s for p, s in json.loads(tok.to_str())["model"]["vocab"] if p not in specials}
-    word_counts = Counter("▁" + w for t in texts for w in t.split())
+    word_counts = Counter("▁" + w for t in texts for w in re.findall(r"[A-Za-z']+", t))
     for word, count in word_counts.most_common(vocab_size):
         if count >= 3:
             candidates.setdefault(word, math.log(count / sum(word_counts.values())))
-    # Numbers are spelled digit by digit: the model can then copy any order number or amount.
-    candidates = {p: s for p, s in candidates.items() if not (any(c.isdigit() for c in p) and len(p.lstrip("▁")) > 1)}
+    # Pieces are letters only, or one digit, or one symbol: "Sofia." must not be a token of its own,
+    # or copying the name from "Customer: Sofia." into "Hi Sofia," would need two different tokens.
+    # Numbers are spelled digit by digit, so the model can copy any order number or amount.
+    candidates = {p: s for p, s in candidates.items() if _is_clean_piece(p)}
     for ch in sorted({c for t in texts for c in t if not c.isspace()} | set("0123456789")):
         candidates.setdefault(ch, -20.0)  # full character coverage: no <unk> on the course data
 

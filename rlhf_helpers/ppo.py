@@ -1,0 +1,481 @@
+"""Stage 5, PPO for encoder-decoder policies — written to be read top to bottom.
+
+The objective (Stiennon et al. 2020, eq. 2): maximise, over the policy pi,
+
+    R(x, y) = r(x, y) - beta * log[ pi(y|x) / pi_SFT(y|x) ]
+
+with PPO (Schulman et al. 2017). One step: sample replies (rollout), score them with the reward
+model, turn scores and the per-token KL into per-token rewards, estimate advantages with GAE, then
+a few epochs of clipped policy and value updates on mini-batches.
+
+Design decisions (each fixes a known pain of trl 0.11.4's seq2seq PPO):
+* Policy = the SFT LoRA adapter, trainable. Reference = a second, frozen copy of the *SFT adapter*
+  on the same base model (not the bare base, trl #495/#1340): one base in memory, adapters switched.
+* Masks: every generated token up to and including the first EOS is trained, the first one too
+  (trl #679); a reply made of EOS alone is a valid one-token reply; replies without EOS can be
+  penalised (``missing_eos_penalty``).
+* Value head: its own small module on the decoder's last hidden state, saved with every
+  checkpoint (trl #858/#1650/#2095).
+* Speed: the encoder's LoRA is frozen by default, so the encoder runs once per batch and its
+  output is reused by generation, the old/reference passes and every PPO epoch; log-probs are
+  gathered at once from the logits (the full log-softmax is never kept); the reference pass is
+  skipped when beta = 0.
+Only ``forward_policy`` knows the model is an encoder-decoder: a decoder-only policy needs a
+forward that returns (logits, hidden) for the response positions; masks and losses are shared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from rlhf_helpers.config import course_seed, fast_cpu_math
+
+
+@dataclass
+class PPOConfig:
+    steps: int = 60
+    batch_size: int = 32  # replies sampled per step
+    mini_batch_size: int = 8
+    ppo_epochs: int = 4
+    learning_rate: float = 1e-3
+    max_new_tokens: int = 64
+    min_new_tokens: int = 1
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    init_kl_coef: float = 0.1  # beta
+    adaptive_kl: bool = True  # Ziegler et al. 2019's controller
+    kl_target: float = 2.0  # nats per reply
+    kl_horizon: int = 1000
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    max_grad_norm: float = 1.0
+    normalize_scores: bool = True  # running mean/std of reward-model scores
+    missing_eos_penalty: float = 1.0
+    train_encoder: bool = False  # False: encoder LoRA frozen, encoder output shared (fast)
+    checkpoint_every: int = 20
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------- small, testable pieces
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
+    """1 for every generated token up to and including the first EOS, 0 after it.
+
+    The first token is always 1 (it is a real action of the policy), so an EOS-only reply is a
+    one-token reply, not an empty one. Replies without EOS are all ones.
+    """
+    is_eos = (responses == eos_token_id).int()
+    eos_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before position t
+    return (eos_before == 0).float()
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (unbiased variance, as in trl and the OpenAI code)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1).clamp(min=1)
+    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    return whitened if shift_mean else whitened + mean
+
+
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL estimate k1 = log pi(y_t) - log pi_ref(y_t) (Schulman's "Approximating KL").
+    Unbiased for KL(pi || pi_ref) under samples from pi; can be negative for a single token."""
+    return logprobs - ref_logprobs
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
+    """Generalised advantage estimation (Schulman et al. 2016, eq. 16), masked.
+
+    delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lam * A_{t+1}.
+    Positions after the reply's end have mask 0: their value is 0, so the last real token
+    bootstraps from 0 (the episode ends there). Returns (advantages, returns = A + V).
+    """
+    values = values * mask
+    rewards = rewards * mask
+    advantages = torch.zeros_like(rewards)
+    last = torch.zeros(rewards.shape[0], device=rewards.device)
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = (delta + gamma * lam * last) * mask[:, t]
+        advantages[:, t] = last
+    return advantages, advantages + values
+
+
+def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
+    """r_t = -beta * KL_t on every reply token, plus the reward-model score on the last one
+    (paper eq. 2 spread over tokens: summing r_t gives r(x, y) - beta * log pi/pi_SFT)."""
+    rewards = -beta * kl * mask
+    last = mask.sum(dim=1).long() - 1
+    rewards[torch.arange(len(scores)), last] += scores
+    return rewards
+
+
+def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
+    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
+
+    L = E_t[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ],  rho_t = pi(y_t) / pi_old(y_t).
+    Returns (loss, ratio)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    clipped = ratio.clamp(1 - cliprange, 1 + cliprange)
+    return masked_mean(torch.max(-advantages * ratio, -advantages * clipped), mask), ratio
+
+
+def clipped_value_loss(values, old_values, returns, mask, cliprange_value: float):
+    """0.5 * E_t[ max((V - R)^2, (V_clip - R)^2) ], V_clip = V_old + clip(V - V_old, -eps_v, eps_v):
+    the value function may not move further than eps_v per update either (OpenAI's PPO2 code)."""
+    v_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
+    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+
+
+class AdaptiveKLController:
+    """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon) (Ziegler et al. 2019)."""
+
+    def __init__(self, beta: float, target: float, horizon: int):
+        self.beta, self.target, self.horizon = beta, target, horizon
+
+    def update(self, kl: float, n_steps: int) -> None:
+        error = max(min(kl / self.target - 1, 0.2), -0.2)
+        self.beta *= 1 + error * n_steps / self.horizon
+
+
+class RunningMoments:
+    """Running mean/std of reward-model scores (parallel Welford), to normalise them."""
+
+    def __init__(self):
+        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
+
+    def update(self, x: torch.Tensor) -> None:
+        batch_mean, batch_var, n = x.mean().item(), x.var(unbiased=False).item(), x.numel()
+        delta, total = batch_mean - self.mean, self.count + n
+        self.mean += delta * n / total
+        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
+        self.count = total
+
+    @property
+    def std(self) -> float:
+        return math.sqrt(max(self.var, 1e-8))
+
+
+def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[token] without materialising the full log-softmax tensor."""
+    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    p = torch.softmax(logits, dim=-1)
+    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+# --------------------------------------------------------------------------- the policy
+
+
+class ValueHead(torch.nn.Module):
+    """V(s_t) from the decoder's last hidden state: a small MLP of its own (saved with checkpoints)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(hidden_size, hidden_size), torch.nn.Tanh(), torch.nn.Linear(hidden_size, 1)
+        )
+        torch.nn.init.zeros_(self.net[2].weight)
+        torch.nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.net(hidden).squeeze(-1)
+
+
+def forward_policy(model, encoder_out, attention_mask, responses, start_token_id: int):
+    """(logits, decoder hidden states) for every reply position, teacher-forced.
+
+    The decoder input is the reply shifted right behind the start token, so position t predicts
+    reply token t — including t = 0, the first generated token. Encoder-decoder specific.
+    """
+    decoder_input = torch.cat([torch.full_like(responses[:, :1], start_token_id), responses[:, :-1]], dim=1)
+    out = model(
+        encoder_outputs=encoder_out,
+        attention_mask=attention_mask,
+        decoder_input_ids=decoder_input,
+        output_hidden_states=True,
+        use_cache=False,
+    )
+    return out.logits, out.decoder_hidden_states[-1]
+
+
+# --------------------------------------------------------------------------- the trainer
+
+
+class PPOTrainer:
+    """PPO with a LoRA policy, a frozen SFT-adapter reference on the same base, and a value head.
+
+    ``reward_fn(prompts, replies) -> list[float]`` is any scorer (the reward model's ``score``, or
+    a synthetic reward in tests).
+    """
+
+    def __init__(self, model, tokenizer, reward_fn, prompts: list[str], cfg: PPOConfig, max_source_length: int = 96):
+        fast_cpu_math()
+        self.model, self.tokenizer, self.reward_fn, self.prompts, self.cfg = model, tokenizer, reward_fn, prompts, cfg
+        self.max_source_length = max_source_length
+        self.device = next(model.parameters()).device
+        torch.manual_seed(cfg.seed)
+        self.value_head = ValueHead(model.config.d_model).to(self.device)
+        self.model.set_adapter("policy")
+        if not cfg.train_encoder:  # freeze the encoder's LoRA: policy and reference share the encoder
+            for name, p in self.model.named_parameters():
+                if ".encoder." in name:
+                    p.requires_grad_(False)
+        self.params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5)
+        self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
+        self.score_stats = RunningMoments()
+        self.step_idx, self.history, self.samples = 0, [], []
+        self.skipped_batches = 0
+
+    # ---- helpers
+    def _use_adapter(self, name: str) -> None:
+        self.model.set_adapter(name)  # peft: also makes only this adapter's weights trainable
+        if name == "policy" and not self.cfg.train_encoder:
+            for pname, p in self.model.named_parameters():
+                if ".encoder." in pname:
+                    p.requires_grad_(False)
+
+    def _encode(self, prompts: list[str]):
+        batch = self.tokenizer(
+            prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_source_length
+        ).to(self.device)
+        with torch.no_grad():
+            encoder_out = self.model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return batch, encoder_out
+
+    def _prompts_for_step(self, step: int) -> list[str]:
+        g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + step)
+        idx = torch.randint(len(self.prompts), (self.cfg.batch_size,), generator=g)
+        return [self.prompts[i] for i in idx.tolist()]
+
+    # ---- one PPO step
+    def rollout(self, prompts: list[str]) -> dict:
+        """Sample replies, score them, and compute old log-probs, values, reference log-probs."""
+        cfg, tok = self.cfg, self.tokenizer
+        batch, encoder_out = self._encode(prompts)
+        with torch.no_grad():
+            gen = self.model.generate(
+                encoder_outputs=encoder_out,
+                attention_mask=batch.attention_mask,
+                do_sample=True,
+                temperature=cfg.temperature,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                max_new_tokens=cfg.max_new_tokens,
+                min_new_tokens=cfg.min_new_tokens,
+            )
+        responses = gen[:, 1:]  # drop the decoder start token; right-padded with pad after EOS
+        mask = response_mask(responses, tok.eos_token_id)
+        replies = tok.batch_decode(responses, skip_special_tokens=True)
+        scores = torch.tensor(self.reward_fn(prompts, replies), dtype=torch.float, device=self.device)
+        raw_scores = scores.clone()
+        has_eos = (responses == tok.eos_token_id).any(dim=1)
+        scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
+        if cfg.normalize_scores:
+            self.score_stats.update(scores)
+            scores = (scores - self.score_stats.mean) / self.score_stats.std
+        start = self.model.config.decoder_start_token_id
+        with torch.no_grad():
+            logits, hidden = forward_policy(self.model, encoder_out, batch.attention_mask, responses, start)
+            logprobs = gather_logprobs(logits, responses)
+            entropy = masked_mean(entropy_from_logits(logits), mask)
+            values = self.value_head(hidden)
+            del logits
+            if self.kl_ctl.beta > 0:  # the reference pass is only needed when the KL term is used
+                self._use_adapter("reference")
+                ref_logits, _ = forward_policy(self.model, encoder_out, batch.attention_mask, responses, start)
+                ref_logprobs = gather_logprobs(ref_logits, responses)
+                self._use_adapter("policy")
+                del ref_logits
+            else:
+                ref_logprobs = logprobs
+        return dict(
+            batch=batch,
+            encoder_out=encoder_out,
+            responses=responses,
+            mask=mask,
+            replies=replies,
+            scores=scores,
+            raw_scores=raw_scores,
+            logprobs=logprobs,
+            ref_logprobs=ref_logprobs,
+            values=values,
+            entropy=entropy.item(),
+            has_eos=has_eos,
+        )
+
+    def step(self) -> dict:
+        """One PPO iteration; returns the logged statistics."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + self.step_idx)  # sampling depends only on (seed, step)
+        prompts = self._prompts_for_step(self.step_idx)
+        ro = self.rollout(prompts)
+        mask = ro["mask"]
+        kl = kl_k1(ro["logprobs"], ro["ref_logprobs"]) * mask
+        rewards = per_token_rewards(ro["scores"], kl, mask, self.kl_ctl.beta)
+        advantages, returns = gae(rewards, ro["values"], mask, cfg.gamma, cfg.lam)
+        advantages = masked_whiten(advantages, mask)
+
+        stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac")}
+        start = self.model.config.decoder_start_token_id
+        enc_hidden = ro["encoder_out"].last_hidden_state
+        for _ in range(cfg.ppo_epochs):
+            order = torch.randperm(cfg.batch_size)
+            for i in range(0, cfg.batch_size, cfg.mini_batch_size):
+                idx = order[i : i + cfg.mini_batch_size]
+                m = mask[idx]
+                enc = (enc_hidden[idx],) if not cfg.train_encoder else None
+                if enc is None:
+                    enc = self.model.get_encoder()(
+                        input_ids=ro["batch"].input_ids[idx], attention_mask=ro["batch"].attention_mask[idx]
+                    )
+                logits, hidden = forward_policy(
+                    self.model, enc, ro["batch"].attention_mask[idx], ro["responses"][idx], start
+                )
+                logprobs = gather_logprobs(logits, ro["responses"][idx])
+                values = self.value_head(hidden)
+                pg_loss, ratio = clipped_policy_loss(logprobs, ro["logprobs"][idx], advantages[idx], m, cfg.cliprange)
+                old_v = ro["values"][idx]
+                vf_loss = clipped_value_loss(values, old_v, returns[idx], m, cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                if not torch.isfinite(loss):  # NaN/inf guard: skip this mini-batch, say so
+                    warnings.warn(f"PPO step {self.step_idx}: non-finite loss, mini-batch skipped", stacklevel=2)
+                    self.skipped_batches += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    continue
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.optimizer.step()
+                with torch.no_grad():
+                    stats["pg_loss"].append(pg_loss.item())
+                    stats["vf_loss"].append(vf_loss.item())
+                    stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), m).item())
+                    stats["approx_kl"].append(0.5 * masked_mean((logprobs - ro["logprobs"][idx]) ** 2, m).item())
+                    stats["vf_clipfrac"].append(
+                        masked_mean(((values - old_v).abs() > cfg.cliprange_value).float(), m).item()
+                    )
+
+        mean_kl = kl.sum(dim=1).mean().item()
+        if cfg.adaptive_kl:
+            self.kl_ctl.update(mean_kl, cfg.batch_size)
+        explained_var = 1 - torch.var((returns - ro["values"])[mask.bool()]) / torch.var(returns[mask.bool()]).clamp(
+            min=1e-8
+        )
+        record = {
+            "step": self.step_idx,
+            "reward": ro["raw_scores"].mean().item(),
+            "kl": mean_kl,
+            "beta": self.kl_ctl.beta,
+            "entropy": ro["entropy"],
+            "response_length": mask.sum(dim=1).mean().item(),
+            "eos_fraction": ro["has_eos"].float().mean().item(),
+            "explained_variance": explained_var.item(),
+            "seconds": time.perf_counter() - t0,
+            **{k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()},
+        }
+        self.history.append(record)
+        self.samples.append(
+            {
+                "step": self.step_idx,
+                "prompt": prompts[0],
+                "reply": ro["replies"][0],
+                "reward": ro["raw_scores"][0].item(),
+            }
+        )
+        self.step_idx += 1
+        return record
+
+    # ---- checkpoints
+    def save_checkpoint(self, folder: str | Path) -> Path:
+        """Everything needed to continue exactly: adapter, value head, optimizer, controller, stats."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(folder, selected_adapters=["policy"])
+        torch.save(
+            {
+                "value_head": self.value_head.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "beta": self.kl_ctl.beta,
+                "score_stats": vars(self.score_stats),
+                "step": self.step_idx,
+                "history": self.history,
+                "samples": self.samples,
+                "skipped": self.skipped_batches,
+            },
+            folder / "ppo_state.pt",
+        )
+        (folder / "ppo_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        return folder
+
+    def load_checkpoint(self, folder: str | Path) -> None:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        adapter_dir = folder / "policy" if (folder / "policy").is_dir() else folder
+        set_peft_model_state_dict(
+            self.model, load_file(adapter_dir / "adapter_model.safetensors"), adapter_name="policy"
+        )
+        state = torch.load(folder / "ppo_state.pt", weights_only=False)
+        self.value_head.load_state_dict(state["value_head"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.kl_ctl.beta = state["beta"]
+        vars(self.score_stats).update(state["score_stats"])
+        self.step_idx, self.history, self.samples = state["step"], state["history"], state["samples"]
+        self.skipped_batches = state["skipped"]
+
+    def train(
+        self, checkpoint_dir: str | Path | None = None, progress: bool = True, steps: int | None = None
+    ) -> list[dict]:
+        """Run until ``cfg.steps`` (or ``steps`` more); checkpoint every ``cfg.checkpoint_every`` steps."""
+        from tqdm.auto import tqdm
+
+        end = self.cfg.steps if steps is None else self.step_idx + steps
+        bar = tqdm(total=end - self.step_idx, desc="PPO", unit="step", disable=not progress)
+        while self.step_idx < end:
+            rec = self.step()
+            bar.update(1)
+            bar.set_postfix(reward=f"{rec['reward']:.2f}", kl=f"{rec['kl']:.2f}", len=f"{rec['response_length']:.0f}")
+            if checkpoint_dir and self.cfg.checkpoint_every and self.step_idx % self.cfg.checkpoint_every == 0:
+                self.save_checkpoint(Path(checkpoint_dir) / f"step_{self.step_idx:05d}")
+        bar.close()
+        return self.history
+
+
+def load_policy_and_reference(adapter_dir: str | Path, base_path: str):
+    """Base model + the SFT adapter twice: ``policy`` (trainable) and ``reference`` (frozen)."""
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM
+
+    base = AutoModelForSeq2SeqLM.from_pretrained(base_path)
+    model = PeftModel.from_pretrained(base, adapter_dir, adapter_name="policy", is_trainable=True)
+    model.load_adapter(adapter_dir, adapter_name="reference", is_trainable=False)
+    model.set_adapter("policy")
+    return model
+
+
+def default_config(**overrides) -> PPOConfig:
+    return PPOConfig(seed=course_seed(), **overrides)

@@ -1,0 +1,164 @@
+"""Stage 5 wiring: load the SFT adapter and the reward model, run :mod:`rlhf_helpers.ppo`,
+evaluate the result with the gold judger, plot, save. Kept apart from ``ppo.py`` so that the
+algorithm reads top to bottom without the plumbing."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from rlhf_helpers.config import artifacts_dir
+from rlhf_helpers.generation import DecodeSettings, generate_responses
+from rlhf_helpers.ppo import PPOConfig, PPOTrainer, default_config, load_policy_and_reference
+
+#: The bound we enforce on the final mean KL(pi || pi_SFT) per reply, in nats (see ppo_defaults).
+KL_BOUND = 12.0
+
+
+def ppo_defaults(preset: str = "tiny", **overrides) -> PPOConfig:
+    """Defaults per preset. The adaptive controller aims at ``kl_target`` nats per reply; the stage
+    checks the final KL stays under :data:`KL_BOUND`."""
+    from rlhf_helpers.presets import get_preset
+
+    cfg = default_config()
+    if get_preset(preset).hub_name is not None:
+        cfg = replace(cfg, learning_rate=1.4e-5, batch_size=64, mini_batch_size=16, max_new_tokens=128, steps=200)
+    return replace(cfg, **overrides)
+
+
+def default_ppo_dir() -> Path:
+    return artifacts_dir() / "ppo"
+
+
+def ensure_prerequisites(preset: str, progress: bool = True) -> tuple[Path, Path]:
+    """Paths of the SFT adapter and the reward model, training them with defaults if missing
+    (so this notebook also runs on its own)."""
+    from rlhf_helpers.reward import default_reward_dir, reward_defaults, run_reward_stage
+    from rlhf_helpers.sft import default_sft_dir, run_sft_stage, sft_defaults
+
+    sft_dir = default_sft_dir() / "adapter"
+    if not (sft_dir / "sft_config.json").exists():
+        run_sft_stage(sft_defaults(preset), progress=progress)
+    reward_dir = default_reward_dir()
+    if not (reward_dir / "reward_config.json").exists():
+        run_reward_stage(reward_defaults(preset), progress=progress)
+    return sft_dir, reward_dir
+
+
+def greedy_replies(trainer: PPOTrainer, prompts: list[str], adapter: str, max_new_tokens: int) -> list[str]:
+    """Greedy replies of one adapter (``policy`` = PPO, ``reference`` = SFT) of the shared model."""
+    trainer.model.set_adapter(adapter)
+    try:
+        return generate_responses(
+            trainer.model,
+            trainer.tokenizer,
+            prompts,
+            DecodeSettings(max_new_tokens=max_new_tokens),
+            max_source_length=trainer.max_source_length,
+        )
+    finally:
+        trainer._use_adapter("policy")
+
+
+@dataclass
+class PPOStageOutput:
+    metrics: dict
+    trainer: PPOTrainer
+    eval_prompts: list[str]
+    sft_replies: list[str]
+    ppo_replies: list[str]
+    verdicts: object
+
+
+def run_ppo_stage(
+    preset: str = "tiny",
+    cfg: PPOConfig | None = None,
+    out_dir: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    progress: bool = True,
+) -> PPOStageOutput:
+    """What notebook 05 and ``python -m rlhf_helpers ppo`` do; metrics are recorded as stage ``ppo``."""
+    from transformers import AutoTokenizer
+
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.judger import gold_judge, win_rate
+    from rlhf_helpers.presets import get_preset, model_path
+    from rlhf_helpers.report import record_metrics
+    from rlhf_helpers.reward import load_reward_model
+
+    cfg = cfg or ppo_defaults(preset)
+    out_dir = Path(out_dir or default_ppo_dir())
+    sft_dir, reward_dir = ensure_prerequisites(preset, progress)
+    model = load_policy_and_reference(sft_dir, model_path(preset))
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    reward_model = load_reward_model(reward_dir)
+    train_prompts = list(
+        dict.fromkeys(list(load_split("sft_train")["prompt"]) + list(load_split("pref_train")["prompt"]))
+    )
+    max_source = get_preset(preset).max_source_length
+    trainer = PPOTrainer(model, tokenizer, reward_model.score, train_prompts, cfg, max_source_length=max_source)
+    if resume_from:
+        trainer.load_checkpoint(resume_from)
+    start = time.perf_counter()
+    trainer.train(checkpoint_dir=out_dir / "checkpoints", progress=progress)
+    seconds = time.perf_counter() - start
+    trainer.save_checkpoint(out_dir / "final")
+
+    eval_ds = load_split("eval")
+    prompts = list(eval_ds["prompt"])
+    sft_replies = greedy_replies(trainer, prompts, "reference", cfg.max_new_tokens)
+    ppo_replies = greedy_replies(trainer, prompts, "policy", cfg.max_new_tokens)
+    wins = win_rate(prompts, ppo_replies, sft_replies, gold_judge())
+    history = trainer.history
+    window = max(len(history) // 10, 1)
+    metrics = {
+        "steps": len(history),
+        "reward_start": sum(h["reward"] for h in history[:window]) / window,
+        "reward_end": sum(h["reward"] for h in history[-window:]) / window,
+        "kl_end": sum(h["kl"] for h in history[-window:]) / window,
+        "kl_bound": KL_BOUND,
+        "win_rate_vs_sft": wins.rate,
+        "wins": wins.wins,
+        "losses": wins.losses,
+        "ties": wins.ties,
+        "n_eval": wins.n,
+        "rm_score_sft_eval": _mean(reward_model.score(prompts, sft_replies)),
+        "rm_score_ppo_eval": _mean(reward_model.score(prompts, ppo_replies)),
+        "seconds_per_step": sum(h["seconds"] for h in history) / max(len(history), 1),
+        "train_seconds": round(seconds, 1),
+        "skipped_batches": trainer.skipped_batches,
+        "config": asdict(cfg),
+    }
+    record_metrics("ppo", metrics, out_dir=out_dir)
+    (out_dir / "history.json").write_text(json.dumps(history))
+    return PPOStageOutput(metrics, trainer, prompts, sft_replies, ppo_replies, wins.verdicts)
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / max(len(xs), 1)
+
+
+def plot_training(history: list[dict]):
+    """Reward, KL, response length, and the PPO diagnostics over steps."""
+    import matplotlib.pyplot as plt
+
+    panels = [
+        ("reward", "reward-model score"),
+        ("kl", "KL(pi || pi_SFT), nats"),
+        ("response_length", "reply tokens"),
+        ("entropy", "entropy / token"),
+        ("clipfrac", "clip fraction"),
+        ("approx_kl", "approx. KL (per update)"),
+        ("vf_loss", "value loss"),
+        ("explained_variance", "explained variance"),
+        ("seconds", "seconds / step"),
+    ]
+    fig, axes = plt.subplots(3, 3, figsize=(13, 8))
+    steps = [h["step"] for h in history]
+    for ax, (key, title) in zip(axes.flat, panels):
+        ax.plot(steps, [h[key] for h in history])
+        ax.set(title=title, xlabel="step")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,165 @@
+"""PPO: hand-computed cases for masks, whitening, KL and GAE; a learning test with a synthetic
+reward; exact resume; EOS-only replies; the NaN guard; reference = SFT adapter (KL starts at 0)."""
+
+import math
+
+import pytest
+import torch
+
+from rlhf_helpers.ppo import (
+    PPOConfig,
+    PPOTrainer,
+    gae,
+    kl_k1,
+    load_policy_and_reference,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    response_mask,
+)
+
+
+def test_response_mask_trains_the_first_token_and_stops_after_eos():
+    responses = torch.tensor([[5, 6, 1, 0, 0], [1, 0, 0, 0, 0], [5, 6, 7, 8, 9], [1, 1, 0, 0, 0]])
+    expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float)
+    assert torch.equal(response_mask(responses, eos_token_id=1), expected)
+
+
+def test_masked_whiten_uses_only_masked_entries():
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    w = masked_whiten(x, mask)
+    # mean 2, unbiased variance 1 -> (x - 2) / 1 on the masked entries
+    assert torch.allclose(w[0, :3], torch.tensor([-1.0, 0.0, 1.0]), atol=1e-4)
+    assert masked_mean(w, mask).abs() < 1e-6
+
+
+def test_kl_k1_is_the_log_ratio():
+    logp = torch.log(torch.tensor([0.5, 0.25]))
+    ref = torch.log(torch.tensor([0.25, 0.5]))
+    assert torch.allclose(kl_k1(logp, ref), torch.tensor([math.log(2), -math.log(2)]))
+
+
+def test_gae_matches_a_hand_computed_case():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 9.0]])  # the 9 sits after the reply's end: masked out
+    values = torch.tensor([[0.5, 0.4, 0.3, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    gamma, lam = 0.9, 0.5
+    d2 = 1.0 + 0 - 0.3  # last real token bootstraps from 0
+    d1 = 0.0 + gamma * 0.3 - 0.4
+    d0 = 0.0 + gamma * 0.4 - 0.5
+    a2 = d2
+    a1 = d1 + gamma * lam * a2
+    a0 = d0 + gamma * lam * a1
+    adv, ret = gae(rewards, values, mask, gamma, lam)
+    assert torch.allclose(adv, torch.tensor([[a0, a1, a2, 0.0]]), atol=1e-6)
+    assert torch.allclose(ret[0, :3], torch.tensor([a0 + 0.5, a1 + 0.4, a2 + 0.3]), atol=1e-6)
+
+
+def test_per_token_rewards_put_the_score_on_the_last_reply_token():
+    kl = torch.tensor([[0.1, 0.2, 0.3], [0.5, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])  # second reply: EOS only
+    r = per_token_rewards(torch.tensor([2.0, -1.0]), kl, mask, beta=0.5)
+    assert torch.allclose(r, torch.tensor([[-0.05, -0.1, 2.0 - 0.15], [-1.0 - 0.25, 0.0, 0.0]]))
+    # summed over tokens: r(x, y) - beta * sum KL  (paper eq. 2)
+    assert torch.allclose(r.sum(1), torch.tensor([2.0 - 0.5 * 0.6, -1.0 - 0.5 * 0.5]))
+
+
+# --------------------------------------------------------------------------- with a real tiny policy
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory):
+    """A quickly trained SFT adapter (2 epochs) on the tiny preset."""
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.sft import save_sft, sft_defaults, train_sft
+
+    result = train_sft(sft_defaults("tiny", num_epochs=2), load_split("sft_train"), None, progress=False)
+    return save_sft(result, tmp_path_factory.mktemp("sft"))
+
+
+def make_trainer(adapter, reward_fn, **cfg):
+    from transformers import AutoTokenizer
+
+    from rlhf_helpers.presets import model_path
+
+    model = load_policy_and_reference(adapter, model_path("tiny"))
+    tok = AutoTokenizer.from_pretrained(adapter)
+    from rlhf_helpers.data_prep import load_split
+
+    prompts = list(load_split("sft_train")["prompt"][:200])
+    defaults = dict(batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=24, checkpoint_every=0)
+    return PPOTrainer(model, tok, reward_fn, prompts, PPOConfig(**{**defaults, **cfg}))
+
+
+def hello_reward(prompts, replies):
+    """Synthetic reward: 1 when the reply opens with "Hello" (the SFT policy mixes Hi/Hello)."""
+    return [1.0 if r.startswith("Hello") else 0.0 for r in replies]
+
+
+def test_reference_is_the_sft_adapter_so_kl_starts_at_zero(sft_adapter):
+    trainer = make_trainer(sft_adapter, hello_reward)
+    ro = trainer.rollout(trainer._prompts_for_step(0))
+    assert torch.allclose(ro["logprobs"], ro["ref_logprobs"])
+    assert ro["mask"][:, 0].eq(1).all()  # the first generated token is always trained
+
+
+def test_ppo_learns_a_synthetic_reward(sft_adapter):
+    trainer = make_trainer(sft_adapter, hello_reward, learning_rate=3e-3, init_kl_coef=0.01, normalize_scores=False)
+    history = [trainer.step() for _ in range(12)]
+    start = sum(h["reward"] for h in history[:3]) / 3
+    end = sum(h["reward"] for h in history[-3:]) / 3
+    assert end >= start + 0.3 and end >= 0.8, [round(h["reward"], 2) for h in history]
+    assert all(math.isfinite(h["kl"]) for h in history)
+
+
+def test_resume_continues_as_if_never_interrupted(sft_adapter, tmp_path):
+    straight = make_trainer(sft_adapter, hello_reward)
+    for _ in range(4):
+        straight.step()
+    first = make_trainer(sft_adapter, hello_reward)
+    first.step()
+    first.step()
+    first.save_checkpoint(tmp_path / "ckpt")
+    resumed = make_trainer(sft_adapter, hello_reward)
+    resumed.load_checkpoint(tmp_path / "ckpt")
+    resumed.step()
+    resumed.step()
+    keys = ("reward", "kl", "pg_loss", "vf_loss", "entropy", "beta", "response_length")
+    for a, b in zip(straight.history, resumed.history):
+        assert all(a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6) for k in keys), (a, b)
+    assert len(resumed.history) == 4
+    head_a, head_b = straight.value_head.state_dict(), resumed.value_head.state_dict()
+    assert all(torch.allclose(head_a[k], head_b[k], atol=1e-6) for k in head_a)
+
+
+def test_eos_only_replies_do_not_crash(sft_adapter, monkeypatch):
+    trainer = make_trainer(sft_adapter, hello_reward)
+    eos, start = trainer.tokenizer.eos_token_id, trainer.model.config.decoder_start_token_id
+
+    def only_eos(**kwargs):
+        n = kwargs["attention_mask"].shape[0]
+        return torch.tensor([[start, eos, 0, 0]] * n)
+
+    monkeypatch.setattr(trainer.model, "generate", only_eos)
+    record = trainer.step()
+    assert record["response_length"] == 1.0 and record["eos_fraction"] == 1.0
+    assert math.isfinite(record["pg_loss"]) and math.isfinite(record["vf_loss"])
+
+
+def test_missing_eos_is_penalised(sft_adapter):
+    trainer = make_trainer(
+        sft_adapter, lambda p, r: [0.0] * len(r), max_new_tokens=3, normalize_scores=False, missing_eos_penalty=2.0
+    )
+    ro = trainer.rollout(trainer._prompts_for_step(0))
+    expected = torch.where(ro["has_eos"], torch.tensor(0.0), torch.tensor(-2.0))
+    assert torch.equal(ro["scores"], expected) and (~ro["has_eos"]).any()
+
+
+def test_non_finite_loss_skips_the_batch_with_a_warning(sft_adapter):
+    trainer = make_trainer(sft_adapter, lambda p, r: [float("nan")] * len(r), normalize_scores=False)
+    before = [p.detach().clone() for p in trainer.params]
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        trainer.step()
+    assert trainer.skipped_batches > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.params))
