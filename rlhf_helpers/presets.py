@@ -32,7 +32,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    "tiny": Preset("tiny", None, 96, 64, "1.6M-parameter T5 pretrained locally on the course data (offline, CPU)"),
+    "tiny": Preset("tiny", None, 96, 64, "1.5M-parameter T5 pretrained locally on the course data (offline, CPU)"),
     "flan-t5-small": Preset("flan-t5-small", "google/flan-t5-small", 512, 128, "77M parameters; CPU or any GPU"),
     "flan-t5-base": Preset("flan-t5-base", "google/flan-t5-base", 512, 128, "248M parameters; a free Colab T4"),
     "flan-t5-large": Preset("flan-t5-large", "google/flan-t5-large", 512, 128, "783M parameters; a 16 GB+ GPU"),
