@@ -1,0 +1,605 @@
+"""Benchmark: seconds per PPO step and peak memory, our ``rlhf_helpers.ppo.PPOTrainer`` vs trl 0.11.4.
+
+    python benchmarks/ppo_step.py [--steps 5] [--warmup 2] [--out benchmarks/results.json]
+
+Needs ``.venv-trl011`` (``bash benchmarks/setup_trl_baseline.sh``) for the trl side; see
+benchmarks/README.md for what is measured and the numbers of a run.
+
+Identical settings on both sides: batch 8, mini-batch 4, 4 PPO epochs, exactly 16 sampled new
+tokens (min_new_tokens = max_new_tokens = 16, temperature 1, no top-k/top-p), LoRA r=8 on q,v
+(the same saved adapter), beta = 0.1 fixed (so both run a reference pass), learning rate 1e-3,
+gradient clipping 1.0, no score normalisation (trl 0.11.4's ``use_score_scaling`` crashes:
+``self.running.std`` is a float, ``.to`` fails), the same fixed prompts every step, the same
+cheap synthetic reward (reply length in words / 16, computed from the decoded replies), fp32 on
+the CPU, same torch thread count, flush-denormal on (ours sets it; we set it for trl too).
+
+One "step" is the whole PPO iteration on both sides: for ours ``PPOTrainer.step()`` (which
+samples, scores and updates); for trl ``generate`` + decode + reward + ``PPOTrainer.step``
+(trl's ``step`` alone is reported too).
+
+Every configuration runs in a fresh subprocess (ours with this interpreter, trl with the venv's),
+the parent alternates ours / trl / ours-with-trained-encoder (order reversed every other round),
+and reports medians over the measured steps (warm-up steps excluded). Memory: the child's peak
+resident set (VmHWM, reset with /proc/self/clear_refs after the model is loaded so the load peak
+does not count; ``ru_maxrss`` as fallback) and its increase over the RSS right after loading.
+
+The file is also the worker: ``--worker prep|ours|trl`` (internal). Only the standard library is
+imported at the top so the trl venv can run it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TRL_PYTHON = REPO / ".venv-trl011" / "bin" / "python"
+
+# ------------------------------------------------------------------ settings shared by both sides
+BATCH, MINI_BATCH, EPOCHS, NEW_TOKENS, LORA_R = 8, 4, 4, 16, 8
+LR, BETA, SEED = 1e-3, 0.1, 0
+
+FLAN_T5_SMALL = dict(
+    vocab_size=32128,
+    d_model=512,
+    d_kv=64,
+    num_heads=6,
+    d_ff=1024,
+    num_layers=8,
+    num_decoder_layers=8,
+    feed_forward_proj="gated-gelu",
+    tie_word_embeddings=False,
+    dropout_rate=0.0,
+    pad_token_id=0,
+    eos_token_id=1,
+    decoder_start_token_id=0,
+)
+#: name -> (model shape, prompt length in tokens including EOS, rounds per --rounds). The long one
+#: is TL;DR-like. The tiny shape is cheap (~0.2 s/step), so it runs 3 alternating rounds: a burst
+#: of load from another process would otherwise decide its ratio.
+SHAPES = {
+    "tiny": ("tiny", 12, 3),
+    "flan-t5-small": ("flan-t5-small", 12, 1),
+    "flan-t5-small-long": ("flan-t5-small", 400, 1),
+}
+
+
+def reward(replies: list[str]) -> list[float]:
+    """Synthetic, essentially free reward: reply length in words / 16."""
+    return [len(r.split()) / 16.0 for r in replies]
+
+
+def rss_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS since start or last reset) in MB, from /proc/self/status."""
+    vals = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                vals[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return vals["VmRSS"], vals["VmHWM"]
+
+
+def reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0). False if not allowed."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ worker: prepare a shape
+
+
+def synthetic_tokenizer(vocab_size: int):
+    """A T5 tokenizer with Flan-T5's layout (pad 0, eos 1, unk 2, pieces, 100 sentinels at the end)
+    whose pieces are the words ``t00000`` .. : every such word is exactly one token."""
+    from transformers import T5Tokenizer
+
+    specials = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces = [(f"\u2581t{i:05d}", -10.0) for i in range(vocab_size - 3 - 100)]
+    sentinels = [(f"<extra_id_{i}>", 0.0) for i in range(99, -1, -1)]
+    tok = T5Tokenizer(vocab=specials + pieces + sentinels, extra_ids=100)
+    tok.model_max_length = 512
+    return tok
+
+
+def make_prompts(tok, n: int, length: int, seed: int) -> list[dict]:
+    """n prompts of exactly ``length`` tokens (length-1 words + EOS) that round-trip through the
+    tokenizer, so both trainers see the same token ids (ours gets the text, trl the ids)."""
+    import random
+
+    rng = random.Random(seed)
+    words = []
+    for piece, idx in sorted(tok.get_vocab().items(), key=lambda kv: kv[1]):
+        if piece.startswith("\u2581") and piece[1:].isalnum() and tok(piece[1:]).input_ids == [idx, tok.eos_token_id]:
+            words.append((piece[1:], idx))
+    prompts = []
+    while len(prompts) < n:
+        chosen = [rng.choice(words) for _ in range(length - 1)]
+        text = " ".join(w for w, _ in chosen)
+        ids = [i for _, i in chosen] + [tok.eos_token_id]
+        if tok(text).input_ids == ids:
+            prompts.append({"text": text, "ids": ids})
+    return prompts
+
+
+def worker_prep(args) -> dict:
+    """Random base model (fixed seed), a LoRA adapter (r=8, q,v), tokenizer and prompts on disk."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    model_kind, prompt_len, _ = SHAPES[args.shape]
+    out = Path(args.shape_dir)
+    if model_kind == "tiny":
+        from rlhf_helpers.presets import load_tokenizer
+        from rlhf_helpers.tiny_model import TinyRecipe, tiny_config
+
+        tok = load_tokenizer("tiny")
+        config = tiny_config(TinyRecipe(), len(tok))
+    else:
+        tok = synthetic_tokenizer(FLAN_T5_SMALL["vocab_size"])
+        config = T5Config(**FLAN_T5_SMALL)
+    torch.manual_seed(SEED)
+    model = T5ForConditionalGeneration(config)
+    # transformers 5.x forces tie_word_embeddings=True in T5Config, but Flan-T5's head is untied (and a
+    # checkpoint with a distinct lm_head.weight loads untied). A random *tied* head also samples
+    # the decoder-start/pad token (id 0) almost surely at every position (its logit is the squared
+    # norm of its own embedding), i.e. degenerate replies. So: an untied head of its own (same cost).
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * config.d_model**-0.5)
+    model.generation_config.decoder_start_token_id = 0
+    model.save_pretrained(out / "base")
+    tok.save_pretrained(out / "tokenizer")
+    n_params = sum(p.numel() for p in model.parameters())
+    peft_model = get_peft_model(
+        model,
+        LoraConfig(
+            task_type=TaskType.SEQ_2_SEQ_LM, r=LORA_R, lora_alpha=16, lora_dropout=0.0, target_modules=["q", "v"]
+        ),
+    )
+    torch.manual_seed(SEED + 1)
+    for name, p in peft_model.named_parameters():  # LoRA B starts at 0; make the adapter non-trivial
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=1e-3)
+    peft_model.save_pretrained(out / "adapter")
+    prompts = make_prompts(tok, BATCH, prompt_len, SEED)
+    with torch.no_grad():  # sanity: sampled replies are not degenerate
+        sample = model.generate(
+            input_ids=torch.tensor([prompts[0]["ids"]]),
+            do_sample=True,
+            top_k=0,
+            min_new_tokens=NEW_TOKENS,
+            max_new_tokens=NEW_TOKENS,
+        )
+    meta = {
+        "shape": args.shape,
+        "prompt_tokens": prompt_len,
+        "vocab": len(tok),
+        "params": n_params,
+        "sample_reply_ids": sample[0].tolist(),
+        "lm_head_tied": model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr(),
+        "config": {
+            k: getattr(config, k)
+            for k in (
+                "d_model",
+                "d_kv",
+                "num_heads",
+                "d_ff",
+                "num_layers",
+                "num_decoder_layers",
+                "feed_forward_proj",
+                "vocab_size",
+            )
+        },
+    }
+    (out / "prompts.json").write_text(json.dumps(prompts))
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+# ------------------------------------------------------------------ worker: our trainer
+
+
+def worker_ours(args) -> dict:
+    import torch
+    from transformers import AutoTokenizer
+
+    from rlhf_helpers.ppo import PPOConfig, PPOTrainer, load_policy_and_reference
+
+    d = Path(args.shape_dir)
+    rows = json.loads((d / "prompts.json").read_text())
+    prompts = [p["text"] for p in rows]
+    tok = AutoTokenizer.from_pretrained(d / "tokenizer")
+    model = load_policy_and_reference(str(d / "adapter"), str(d / "base"))
+    cfg = PPOConfig(
+        steps=args.warmup + args.steps,
+        batch_size=BATCH,
+        mini_batch_size=MINI_BATCH,
+        ppo_epochs=EPOCHS,
+        learning_rate=LR,
+        max_new_tokens=NEW_TOKENS,
+        min_new_tokens=NEW_TOKENS,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        init_kl_coef=BETA,
+        adaptive_kl=False,
+        max_grad_norm=1.0,
+        normalize_scores=False,
+        train_encoder=bool(args.train_encoder),
+        checkpoint_every=0,
+        seed=SEED,
+    )
+    trainer = PPOTrainer(
+        model, tok, lambda ps, rs: reward(rs), prompts, cfg, max_source_length=max(len(p["ids"]) for p in rows)
+    )
+    # Our trainer samples prompts (with replacement) itself; give it exactly the 8 fixed prompts trl gets.
+    trainer._prompts_for_step = lambda step: list(prompts)
+    return run_steps(args, trainer.step, torch, model)
+
+
+# ------------------------------------------------------------------ worker: trl 0.11.4
+
+
+def trl_shims() -> list[str]:
+    """Runtime patches trl 0.11.4 needs next to transformers 5.x, applied before importing trl and
+    listed in the results. With transformers 5.24.0, peft 0.21.2, accelerate 1.15.0, datasets 5.2.0
+    and torch 2.13.0 none is needed: trl 0.11.4 imports and runs its seq2seq PPO unpatched (it only
+    emits deprecation warnings). Put a patch here, never into site-packages, if a later version
+    breaks it. Not a shim but a setting: trl's ``use_score_scaling`` is left off (it crashes in
+    0.11.4 itself), and ours' ``normalize_scores`` is off to match."""
+    applied: list[str] = []
+    return applied
+
+
+def worker_trl(args) -> dict:
+    import torch
+
+    shims = trl_shims()
+    import trl
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from trl import AutoModelForSeq2SeqLMWithValueHead, PPOConfig, PPOTrainer
+
+    d = Path(args.shape_dir)
+    queries = [torch.tensor(p["ids"]) for p in json.loads((d / "prompts.json").read_text())]
+    tok = AutoTokenizer.from_pretrained(d / "tokenizer")
+    torch.set_flush_denormal(True)  # as ours does (rlhf_helpers.config.fast_cpu_math)
+    base = AutoModelForSeq2SeqLM.from_pretrained(d / "base")
+    peft_model = PeftModel.from_pretrained(base, str(d / "adapter"), is_trainable=True)
+    model = AutoModelForSeq2SeqLMWithValueHead.from_pretrained(peft_model)
+    config = PPOConfig(
+        batch_size=BATCH,
+        mini_batch_size=MINI_BATCH,
+        ppo_epochs=EPOCHS,
+        learning_rate=LR,
+        init_kl_coef=BETA,
+        adap_kl_ctrl=False,
+        kl_penalty="kl",
+        gamma=1.0,
+        lam=0.95,
+        cliprange=0.2,
+        cliprange_value=0.2,
+        vf_coef=0.1,
+        max_grad_norm=1.0,
+        use_score_scaling=False,
+        use_score_norm=False,
+        seed=SEED,
+        log_with=None,
+        optimize_device_cache=False,
+    )
+    trainer = PPOTrainer(config, model, ref_model=None, tokenizer=tok)
+    gen_kwargs = dict(
+        do_sample=True,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        min_new_tokens=NEW_TOKENS,
+        max_new_tokens=NEW_TOKENS,
+        pad_token_id=tok.pad_token_id,
+    )
+    split = {"generate": [], "trl_step": []}
+
+    def one_step():
+        t0 = time.perf_counter()
+        responses = trainer.generate(queries, return_prompt=False, batch_size=BATCH, **gen_kwargs)
+        t1 = time.perf_counter()
+        scores = [torch.tensor(s) for s in reward(tok.batch_decode(responses, skip_special_tokens=True))]
+        t2 = time.perf_counter()
+        stats = trainer.step(queries, responses, scores)
+        split["generate"].append(t1 - t0)
+        split["trl_step"].append(time.perf_counter() - t2)
+        for k, v in stats.items():  # trl's own timing breakdown of step()
+            if k.startswith("time/ppo/"):
+                split.setdefault(k[len("time/ppo/") :], []).append(float(v))
+        return {k: float(stats[k]) for k in ("objective/kl", "ppo/loss/policy", "ppo/loss/value", "ppo/mean_scores")}
+
+    torch.manual_seed(SEED)
+    result = run_steps(args, one_step, torch, model)
+    result["split"] = {k: v[args.warmup :] for k, v in split.items()}
+    result["shims"] = shims
+    result["trl_version"] = trl.__version__
+    return result
+
+
+# ------------------------------------------------------------------ timing loop (both sides)
+
+
+def run_steps(args, step, torch, module) -> dict:
+    import gc
+
+    # transformers maps safetensors files lazily: weights become resident only when first touched
+    # (the first generate would add the whole model to the RSS). Touch every tensor now so the
+    # "after load" RSS includes the weights and the increase measures what training allocates.
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            t.sum()
+    gc.collect()
+    rss_loaded, hwm_load = rss_mb()
+    peak_reset = reset_peak_rss()
+    times, cpu_times, last = [], [], {}
+    for _ in range(args.warmup + args.steps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        last = step()
+        times.append(time.perf_counter() - t0)
+        cpu_times.append(time.process_time() - c0)  # CPU seconds of this process: robust to other load
+    last = {k: v for k, v in (last or {}).items() if isinstance(v, (int, float))}  # sanity: finite losses
+    rss_end, hwm = rss_mb()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = hwm if peak_reset else maxrss
+    return {
+        "times": times[args.warmup :],
+        "cpu_times": cpu_times[args.warmup :],
+        "warmup_times": times[: args.warmup],
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_mb": peak,
+        "peak_increase_mb": peak - rss_loaded,
+        "load_peak_rss_mb": hwm_load,
+        "ru_maxrss_mb": maxrss,
+        "peak_reset": peak_reset,
+        "rss_end_mb": rss_end,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "last_step_stats": last,
+    }
+
+
+# ------------------------------------------------------------------ parent
+
+
+def spawn(python: Path | str, worker: str, shape: str, shape_dir: Path, logdir: Path, tag: str, **extra) -> dict:
+    result = logdir / f"{tag}.json"
+    cmd = [
+        str(python),
+        str(Path(__file__).resolve()),
+        "--worker",
+        worker,
+        "--shape",
+        shape,
+        "--shape-dir",
+        str(shape_dir),
+        "--result",
+        str(result),
+    ]
+    for k, v in extra.items():
+        cmd += [f"--{k.replace('_', '-')}", str(v)]
+    env = dict(
+        os.environ,
+        TQDM_DISABLE="1",
+        TOKENIZERS_PARALLELISM="false",
+        PYTHONWARNINGS="ignore",
+        TRANSFORMERS_VERBOSITY="error",
+        HF_HUB_OFFLINE="1",
+        WANDB_DISABLED="true",
+    )
+    env.setdefault("RLHF_CACHE", "/tmp/c5")
+    if extra.get("threads"):
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(extra["threads"])
+    t0 = time.perf_counter()
+    with open(logdir / f"{tag}.log", "w") as log:
+        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if proc.returncode != 0 or not result.exists():
+        tail = (logdir / f"{tag}.log").read_text()[-3000:]
+        raise RuntimeError(f"worker {tag} failed (rc {proc.returncode}); log tail:\n{tail}")
+    out = json.loads(result.read_text())
+    out["wall_s"] = time.perf_counter() - t0
+    return out
+
+
+def summarise(runs: list[dict]) -> dict:
+    times = [t for r in runs for t in r["times"]]
+    s = {
+        "median_s": statistics.median(times),
+        "median_cpu_s": statistics.median(t for r in runs for t in r["cpu_times"]),
+        "min_s": min(times),
+        "max_s": max(times),
+        "n": len(times),
+        "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+        "peak_increase_mb": max(r["peak_increase_mb"] for r in runs),
+        "rss_after_load_mb": statistics.median(r["rss_after_load_mb"] for r in runs),
+    }
+    if "split" in runs[0]:
+        for k in runs[0]["split"]:
+            s[f"median_{k}_s"] = statistics.median(t for r in runs for t in r["split"][k])
+    return s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=5, help="measured steps per run (default 5)")
+    ap.add_argument("--warmup", type=int, default=2, help="warm-up steps per run, not measured (default 2)")
+    ap.add_argument(
+        "--long-steps",
+        type=int,
+        default=None,
+        help="measured steps for the long-prompt shape (default: --steps minus 2, at least 2)",
+    )
+    ap.add_argument("--long-warmup", type=int, default=1, help="warm-up steps for the long-prompt shape (default 1)")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the alternation (order reversed each round)")
+    ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma-separated, from {list(SHAPES)}")
+    ap.add_argument("--out", default="benchmarks/results.json")
+    ap.add_argument("--workdir", default=None, help="keep models and worker logs here (default: a temp dir)")
+    ap.add_argument("--trl-python", default=str(TRL_PYTHON))
+    ap.add_argument("--skip-trl", action="store_true")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per worker (default 1: on a 2-core machine shared with other work, "
+        "2 OpenMP threads can be 10-50x slower; 0 = torch's default)",
+    )
+    # internal (worker) arguments
+    ap.add_argument("--worker", choices=["prep", "ours", "trl"], help=argparse.SUPPRESS)
+    ap.add_argument("--shape", help=argparse.SUPPRESS)
+    ap.add_argument("--shape-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--train-encoder", type=int, default=0, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if args.worker:
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        result = {"prep": worker_prep, "ours": worker_ours, "trl": worker_trl}[args.worker](args)
+        Path(args.result).write_text(json.dumps(result, indent=2))
+        return
+
+    shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    if not args.skip_trl and not Path(args.trl_python).exists():
+        sys.exit(f"{args.trl_python} not found: run `bash benchmarks/setup_trl_baseline.sh` (or pass --skip-trl)")
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ppo_bench_"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    configs = [("ours", "ours", 0), ("trl", "trl", 0), ("ours_train_encoder", "ours", 1)]
+    if args.skip_trl:
+        configs = [c for c in configs if c[1] != "trl"]
+    import hashlib
+
+    settings = dict(
+        batch=BATCH,
+        mini_batch=MINI_BATCH,
+        ppo_epochs=EPOCHS,
+        new_tokens=NEW_TOKENS,
+        lora_r=LORA_R,
+        lora_targets=["q", "v"],
+        beta=BETA,
+        lr=LR,
+        warmup=args.warmup,
+        steps=args.steps,
+        rounds=args.rounds,
+        threads=args.threads,
+        cpu_count=os.cpu_count(),
+        dtype="float32",
+        load_average=os.getloadavg(),
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+        ppo_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "ppo.py").read_bytes()).hexdigest()[:16],
+    )
+    report = {"settings": settings, "shapes": {}}
+    t_start = time.perf_counter()
+    try:
+        for shape in shapes:
+            sdir = workdir / shape
+            sdir.mkdir(exist_ok=True)
+            print(f"[{shape}] preparing random model ...", flush=True)
+            spawn(sys.executable, "prep", shape, sdir, sdir, "prep")
+            meta = json.loads((sdir / "meta.json").read_text())
+            steps, warmup = args.steps, args.warmup
+            if SHAPES[shape][1] > 100:  # ~20 s per trl step: fewer steps keep the whole run under ~6 min
+                steps = args.long_steps if args.long_steps is not None else max(2, args.steps - 2)
+                warmup = min(args.warmup, args.long_warmup)
+            runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+            for rnd in range(args.rounds * SHAPES[shape][2]):
+                order = configs if rnd % 2 == 0 else configs[::-1]
+                for name, worker, train_enc in order:
+                    python = args.trl_python if worker == "trl" else sys.executable
+                    print(f"[{shape}] round {rnd + 1}: {name} ...", end=" ", flush=True)
+                    r = spawn(
+                        python,
+                        worker,
+                        shape,
+                        sdir,
+                        sdir,
+                        f"{name}_r{rnd}",
+                        steps=steps,
+                        warmup=warmup,
+                        train_encoder=train_enc,
+                        threads=args.threads,
+                    )
+                    runs[name].append(r)
+                    print(
+                        f"median {statistics.median(r['times']):.3f} s/step, peak RSS {r['peak_rss_mb']:.0f} MB "
+                        f"(+{r['peak_increase_mb']:.0f}) [{r['wall_s']:.0f} s]",
+                        flush=True,
+                    )
+            summary = {name: summarise(rs) for name, rs in runs.items()}
+            if "trl" in summary:
+                t = summary["trl"]
+                for name in ("ours", "ours_train_encoder"):
+                    s = summary[name]
+                    s["speedup_vs_trl"] = t["median_s"] / s["median_s"]
+                    s["cpu_speedup_vs_trl"] = t["median_cpu_s"] / s["median_cpu_s"]
+                    s["peak_rss_ratio_vs_trl"] = s["peak_rss_mb"] / t["peak_rss_mb"]
+                    s["peak_increase_ratio_vs_trl"] = s["peak_increase_mb"] / t["peak_increase_mb"]
+            report["shapes"][shape] = {"meta": meta, "steps": steps, "warmup": warmup, "summary": summary, "runs": runs}
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    report["total_wall_s"] = time.perf_counter() - t_start
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print()
+    print(markdown_table(report))
+    print(f"\nwritten {args.out} ({report['total_wall_s']:.0f} s in all)")
+
+
+def markdown_table(report: dict) -> str:
+    labels = {
+        "ours": "ours (encoder LoRA frozen, default)",
+        "ours_train_encoder": "ours (train_encoder=True)",
+        "trl": "trl 0.11.4",
+    }
+    lines = [
+        "| shape | prompt tokens | trainer | s/step (median) | min–max | CPU s/step | speed-up vs trl "
+        "(wall / CPU) | peak RSS MB | ratio | peak − loaded RSS MB | ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for shape, data in report["shapes"].items():
+        for name, s in data["summary"].items():
+            extra = ""
+            if name == "trl" and "median_generate_s" in s:
+                extra = f" (generate {s['median_generate_s']:.3f} + step {s['median_trl_step_s']:.3f})"
+            sp = f"{s['speedup_vs_trl']:.2f}× / {s['cpu_speedup_vs_trl']:.2f}×" if "speedup_vs_trl" in s else "1"
+            r1 = f"{s['peak_rss_ratio_vs_trl']:.2f}" if "peak_rss_ratio_vs_trl" in s else "1"
+            r2 = f"{s['peak_increase_ratio_vs_trl']:.2f}" if "peak_increase_ratio_vs_trl" in s else "1"
+            lines.append(
+                f"| {shape} | {data['meta']['prompt_tokens']} | {labels[name]} | {s['median_s']:.3f}{extra} | "
+                f"{s['min_s']:.3f}–{s['max_s']:.3f} | {s['median_cpu_s']:.3f} | {sp} | {s['peak_rss_mb']:.0f} | {r1} | "
+                f"{s['peak_increase_mb']:.0f} | {r2} |"
+            )
+    ref = report["shapes"].get("flan-t5-small", {}).get("summary", {}).get("ours", {})
+    if "speedup_vs_trl" in ref:
+        ok = lambda c: "met" if c else "NOT met"  # noqa: E731
+        lines += [
+            "",
+            f"Targets on the flan-t5-small shape (ours, default): ≥ 2× faster per step: "
+            f"{ok(ref['speedup_vs_trl'] >= 2)} ({ref['speedup_vs_trl']:.2f}×); ≤ 0.7× peak memory: peak RSS "
+            f"{ok(ref['peak_rss_ratio_vs_trl'] <= 0.7)} ({ref['peak_rss_ratio_vs_trl']:.2f}×), "
+            f"peak increase over loaded RSS {ok(ref['peak_increase_ratio_vs_trl'] <= 0.7)} "
+            f"({ref['peak_increase_ratio_vs_trl']:.2f}×).",
+        ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
