@@ -46,7 +46,7 @@ class RewardConfig:
     use_lora: bool = True
     lora_r: int = 32
     lora_alpha: int = 32
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-3
     num_epochs: float = 4
     batch_size: int = 16
     max_length: int = 160
@@ -144,7 +144,6 @@ def load_backbone(cfg: RewardConfig):
     """(sequence-classification model with one output, tokenizer) for ``cfg.backbone``."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from transformers.utils import logging as hf_logging
 
     path = backbone_path(cfg.backbone)
