@@ -10,7 +10,9 @@ So we rebuild the two ingredients of Flan-T5 in miniature:
    transformers' own ``T5Tokenizer`` (pad=0, eos=1, unk=2, then ``<extra_id_99>`` .. ``<extra_id_0>``
    at the end of the vocabulary, exactly as in Flan-T5);
 2. the model: ``T5ForConditionalGeneration`` with Flan-T5's choices (gated-GELU feed-forward,
-   untied LM head), pretrained by span corruption (Raffel et al. 2020, sec. 3.1.4).
+   relative position buckets), pretrained by span corruption (Raffel et al. 2020, sec. 3.1.4).
+   Note: we ask for an untied LM head like Flan-T5's, but transformers 5 ties T5's head to the
+   input embeddings when it builds the model, so the tiny model's head is tied.
 
 Everything is deterministic given the seed and cached under ``RLHF_CACHE``.
 """
@@ -276,8 +278,8 @@ def build_tiny(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool 
     torch.manual_seed(recipe.seed)
     tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(recipe))
     model = T5ForConditionalGeneration(tiny_config(recipe, len(tokenizer)))
-    # T5 initialises an untied LM head with std 1.0, which starts training at a loss near 20;
-    # scaling it like the embeddings' output (d_model ** -0.5) saves a third of our short budget.
+    # T5 initialises the embedding/LM-head matrix with std 1.0, which starts training at a loss
+    # near 20; scaling it by d_model ** -0.5 saves a third of our short pretraining budget.
     with torch.no_grad():
         model.lm_head.weight.mul_(recipe.d_model**-0.5)
     losses = pretrain(model, tokenizer, pretraining_documents(), recipe, progress=progress)
