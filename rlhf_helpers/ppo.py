@@ -44,7 +44,7 @@ class PPOConfig:
     batch_size: int = 32  # replies sampled per step
     mini_batch_size: int = 8
     ppo_epochs: int = 4
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-4
     max_new_tokens: int = 64
     min_new_tokens: int = 1
     temperature: float = 1.0
