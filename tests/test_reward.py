@@ -30,12 +30,12 @@ def test_pair_template_matches_the_tokenizer(t5_tok):
 def test_truncation_keeps_the_reply_end_and_the_prompt_start(t5_tok):
     prompt = "Order 12345 first words " + "filler " * 300
     reply = "start " * 300 + "the final words"
-    ids = encode_pair(t5_tok, prompt, reply, 64)
-    assert len(ids) == 64 and ids[-1] == 1 and ids.count(1) == 2
+    ids = encode_pair(t5_tok, prompt, reply, 96)
+    assert len(ids) == 96 and ids[-1] == 1 and ids.count(1) == 2
     text = t5_tok.decode(ids, skip_special_tokens=True)
     assert text.startswith("Order 12345 first words") and text.endswith("the final words")
     reply_part = t5_tok.decode(ids[ids.index(1) + 1 :], skip_special_tokens=True)
-    assert len(t5_tok(reply_part, add_special_tokens=False)["input_ids"]) == (64 - 2) * 3 // 4
+    assert len(t5_tok(reply_part, add_special_tokens=False)["input_ids"]) == (96 - 2) * 3 // 4
 
 
 def test_short_inputs_are_not_truncated(t5_tok):
