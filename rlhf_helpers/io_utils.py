@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,30 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def atomic_write_dir(out_dir: str | os.PathLike, write: Callable[[Path], None], keep_existing: bool = False) -> Path:
+    """Fill a fresh temp folder beside ``out_dir`` with ``write(tmp)``, then rename it to ``out_dir``:
+    a saved model or cache entry is either complete or absent, even if the process dies mid-way.
+
+    ``keep_existing=True`` (caches): if ``out_dir`` appeared meanwhile (another process built the
+    same entry), keep it and drop ours. Otherwise an existing ``out_dir`` is replaced.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
+    try:
+        write(tmp)
+        if out_dir.exists():
+            if keep_existing:
+                shutil.rmtree(tmp)
+                return out_dir
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -44,10 +44,10 @@ class PPOConfig:
     batch_size: int = 32  # replies sampled per step
     mini_batch_size: int = 8
     ppo_epochs: int = 4
-    learning_rate: float = 2e-4
+    learning_rate: float = 1e-4
     max_new_tokens: int = 64
     min_new_tokens: int = 1
-    temperature: float = 1.0
+    temperature: float = 0.7  # rollouts: a small policy samples nonsense at 1.0; eval is greedy
     top_k: int = 0
     top_p: float = 1.0
     init_kl_coef: float = 0.1  # beta

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -32,6 +31,7 @@ import numpy as np
 from rlhf_helpers.backbones import minilm_path
 from rlhf_helpers.config import artifacts_dir, course_seed, device_name, fast_cpu_math
 from rlhf_helpers.course_data import CRITERIA
+from rlhf_helpers.io_utils import atomic_write_dir
 from rlhf_helpers.presets import PRESETS, get_preset, model_path
 
 #: The classification head's module name per backbone family: with LoRA it must be trained and
@@ -212,20 +212,13 @@ class RewardModel:
 
     def save(self, out_dir: str | Path) -> Path:
         """Save weights (adapter + head, or the full model), tokenizer and config, atomically."""
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-        try:
+
+        def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             (tmp / "reward_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            tmp.rename(out_dir)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        return out_dir
+
+        return atomic_write_dir(out_dir, write)
 
 
 def default_reward_dir() -> Path:

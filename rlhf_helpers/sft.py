@@ -12,7 +12,6 @@ We use transformers' ``Seq2SeqTrainer`` with a peft ``LoraConfig(task_type=SEQ_2
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from rlhf_helpers.config import artifacts_dir, course_seed, device_name, fast_cpu_math
 from rlhf_helpers.generation import DecodeSettings, generate_responses
+from rlhf_helpers.io_utils import atomic_write_dir
 from rlhf_helpers.metrics import text_metrics
 from rlhf_helpers.presets import get_preset, model_path
 
@@ -256,21 +256,13 @@ def default_sft_dir() -> Path:
 def save_sft(result: SFTResult, out_dir: str | Path | None = None) -> Path:
     """Save the LoRA adapter, the tokenizer and the run's config into ``out_dir/adapter``,
     atomically: a crash leaves either the previous adapter or the new one, never half of one."""
-    out_dir = Path(out_dir or default_sft_dir())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / "adapter"
-    tmp = Path(tempfile.mkdtemp(prefix=".adapter-", dir=out_dir))
-    try:
+
+    def write(tmp: Path) -> None:
         result.model.save_pretrained(tmp)
         result.tokenizer.save_pretrained(tmp)
         (tmp / "sft_config.json").write_text(json.dumps(asdict(result.config), indent=2))
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return atomic_write_dir(Path(out_dir or default_sft_dir()) / "adapter", write)
 
 
 def load_sft(adapter_dir: str | Path | None = None, merge: bool = False, trainable: bool = False):

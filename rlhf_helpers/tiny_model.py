@@ -23,7 +23,6 @@ import hashlib
 import json
 import math
 import re
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from rlhf_helpers.config import cache_dir, data_dir, fast_cpu_math
-from rlhf_helpers.io_utils import atomic_write_json, read_jsonl
+from rlhf_helpers.io_utils import atomic_write_dir, atomic_write_json, read_jsonl
 
 #: Bump when the build recipe changes so stale caches are not reused.
 BUILD_VERSION = 3
@@ -299,23 +298,8 @@ def build_tiny(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool 
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "build_info.json", info)
 
-    _publish_dir(Path(out_dir), write)
+    atomic_write_dir(out_dir, write, keep_existing=True)
     return info
-
-
-def _publish_dir(out_dir: Path, write) -> None:
-    """Fill a temp folder with ``write(tmp)`` then rename it to ``out_dir``: a cache entry is
-    either complete or absent, even if the build is interrupted."""
-    tmp = out_dir.with_name(out_dir.name + f".tmp-{time.time_ns()}")
-    try:
-        write(tmp)
-        if out_dir.exists():  # another process finished first; keep theirs
-            shutil.rmtree(tmp)
-        else:
-            tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def tiny_tokenizer_dir(recipe: TinyRecipe = TinyRecipe()) -> Path:
@@ -323,7 +307,8 @@ def tiny_tokenizer_dir(recipe: TinyRecipe = TinyRecipe()) -> Path:
     texts = corpus_texts()
     target = cache_dir() / f"tiny-tokenizer-{recipe_key(recipe, texts)}"
     if not (target / "tokenizer_config.json").exists():
-        _publish_dir(target, lambda tmp: train_tokenizer(texts, recipe.vocab_size).save_pretrained(tmp))
+        atomic_write_dir(target, lambda tmp: train_tokenizer(texts, recipe.vocab_size).save_pretrained(tmp),
+                         keep_existing=True)
     return target
 
 
