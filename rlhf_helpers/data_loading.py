@@ -19,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -317,6 +316,3 @@ def length_counter(tokenizer) -> Callable[[list[str]], list[int]]:
 
     return count
 
-
-def duplicate_count(values: list[str]) -> int:
-    return sum(c - 1 for c in Counter(values).values() if c > 1)

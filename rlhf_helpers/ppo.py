@@ -236,11 +236,7 @@ class PPOTrainer:
         self.device = next(model.parameters()).device
         torch.manual_seed(cfg.seed)
         self.value_head = ValueHead(model.config.d_model).to(self.device)
-        self.model.set_adapter("policy")
-        if not cfg.train_encoder:  # freeze the encoder's LoRA: policy and reference share the encoder
-            for name, p in self.model.named_parameters():
-                if ".encoder." in name:
-                    p.requires_grad_(False)
+        self._use_adapter("policy")
         self.params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5)
         self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
@@ -251,6 +247,7 @@ class PPOTrainer:
     # ---- helpers
     def _use_adapter(self, name: str) -> None:
         self.model.set_adapter(name)  # peft: also makes only this adapter's weights trainable
+        # Encoder LoRA frozen (default): policy and reference share one encoder output per batch.
         if name == "policy" and not self.cfg.train_encoder:
             for pname, p in self.model.named_parameters():
                 if ".encoder." in pname:
@@ -346,8 +343,9 @@ class PPOTrainer:
             for i in range(0, cfg.batch_size, cfg.mini_batch_size):
                 idx = order[i : i + cfg.mini_batch_size]
                 m = mask[idx]
-                enc = (enc_hidden[idx],) if not cfg.train_encoder else None
-                if enc is None:
+                if not cfg.train_encoder:
+                    enc = (enc_hidden[idx],)
+                else:
                     enc = self.model.get_encoder()(
                         input_ids=ro["batch"].input_ids[idx], attention_mask=ro["batch"].attention_mask[idx]
                     )
