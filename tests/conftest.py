@@ -10,6 +10,9 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Progress bars in notebook kernels send a widget update per refresh; under nbval that flood of
+# iopub messages can delay a cell's output past nbval's 5 s wait. One refresh a second is plenty.
+os.environ.setdefault("TQDM_MININTERVAL", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 
