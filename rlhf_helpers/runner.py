@@ -1,5 +1,6 @@
 """Run the whole course headless: every numbered notebook, in order, with a progress bar, then a
-``summary.json`` with per-notebook seconds and each stage's metrics.
+``summary.json`` with per-notebook seconds, each stage's metrics and the saved figures, and the same
+as a readable report, ``summary.md`` (rendered by :func:`rlhf_helpers.report.render_summary_markdown`).
 
 Each run is self-contained: artifacts (adapters, reward models, metrics) go to ``OUT/artifacts``
 so two runs never read each other's results; only the tiny base model is shared through the
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from rlhf_helpers.config import REPO_ROOT, course_seed
 from rlhf_helpers.io_utils import atomic_write_json, atomic_write_text
-from rlhf_helpers.report import collect_metrics
+from rlhf_helpers.report import collect_metrics, render_summary_markdown
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -33,7 +34,8 @@ def run_course(
     timeout_per_cell: int = 1800,
     progress: bool = True,
 ) -> dict:
-    """Execute the notebooks into ``out`` and write ``out/summary.json``; returns the summary.
+    """Execute the notebooks into ``out`` and write ``out/summary.json`` and ``out/summary.md``;
+    returns the summary.
 
     Stops at the first failing notebook (later ones depend on its results), records the error
     in the summary, and raises ``RuntimeError``.
@@ -101,7 +103,9 @@ def _run_notebooks(out: Path, preset: str, only: list[str] | None, timeout_per_c
             break
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
     summary["metrics"] = collect_metrics(out / "artifacts" / "metrics")
+    summary["figures"] = [p.relative_to(out).as_posix() for p in sorted((out / "artifacts" / "figures").glob("*.png"))]
     atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", render_summary_markdown(summary))
     failed = [n for n in summary["notebooks"] if n["status"] != "ok"]
     if failed:
         raise RuntimeError(f"notebook {failed[0]['name']} failed; see {out / (failed[0]['name'] + '.ipynb')}")

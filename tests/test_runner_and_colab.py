@@ -39,6 +39,9 @@ def test_run_executes_notebooks_and_writes_summary(tmp_path):
     assert [n["name"] for n in summary["notebooks"]] == ["00_setup"]
     assert summary["notebooks"][0]["status"] == "ok" and summary["notebooks"][0]["seconds"] > 0
     assert summary["metrics"]["setup"]["preset"] == "tiny"
+    report = (out / "summary.md").read_text()  # the readable run report next to summary.json
+    assert "| 00_setup | ok |" in report and "### setup" in report and "| preset | tiny |" in report
+    assert summary["figures"] == [] and "No figures were saved." in report
     executed = nbformat.read(out / "00_setup.ipynb", as_version=4)
     assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
 
@@ -60,3 +63,5 @@ def test_run_reports_a_failing_notebook_and_exits_non_zero(tmp_path, monkeypatch
         runner.run_course(tmp_path / "out", progress=False)
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["notebooks"][0]["status"] == "failed" and "broken stage" in summary["notebooks"][0]["error"]
+    report = (tmp_path / "out" / "summary.md").read_text()
+    assert "| 00_broken | failed |" in report and "broken stage" in report
