@@ -205,6 +205,29 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from rlhf_helpers.evaluation import run_evaluation
+    from rlhf_helpers.presets import PresetUnavailableError
+    from rlhf_helpers.report import figures_dir
+
+    try:
+        out = run_evaluation(args.preset, out_dir=args.out, ppo_dir=args.ppo, progress=not args.quiet)
+    except (PresetUnavailableError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    m = out.metrics
+    print(f"evaluated base, SFT and PPO on {m['n_eval']} held-out prompts in {m['seconds']} s (gold-judge win rates):")
+    for w in out.comparison.win_rates.values():
+        print(f"  {w}")
+    peak = m["overoptimisation"]["gold_peak"]
+    print(
+        f"over-optimisation: {len(out.points)} KL points, gold score peaks at {peak['label']} "
+        f"(sqrt KL {peak['sqrt_kl']:.2f}); {m['pairs_exported']} (SFT, PPO) pairs to label in {out.pairs_path}; "
+        f"figures in {figures_dir()}; metrics in {Path(args.out) / 'metrics.json'}"
+    )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_helpers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -262,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", help="checkpoint folder to continue from")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_ppo)
+
+    p = sub.add_parser("evaluate", help="base vs SFT vs PPO with CIs, over-optimisation (notebook 06's code)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--out", default="artifacts/evaluation_cli", help="folder for metrics.json")
+    p.add_argument("--ppo", help="PPO run folder (final/, checkpoints/); default <artifacts>/ppo, trained if missing")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("build-tiny", help="build (or show) the cached offline tiny preset")
     p.set_defaults(func=_cmd_build_tiny)

@@ -1,0 +1,967 @@
+"""Stage 6, evaluation: the pretrained base, the SFT policy and the PPO policy side by side, and the
+reward over-optimisation curve.
+
+Why all three from one base model? The SFT policy is a LoRA adapter on the base, and the PPO policy
+is that adapter trained further, so one base with two adapters (``reference`` = SFT, ``policy`` =
+PPO, exactly as during PPO training) holds all three; the base itself is the model with the
+adapters switched off. One copy of the weights, and nothing can differ between the policies except
+what training changed.
+
+Why judge with the gold judge, not the reward model? PPO optimised the reward model, so the reward
+model's score is the number being gamed; it is reported (it is what PPO saw) but the verdict comes
+from the gold judger of notebook 04, which shares nothing with it.
+
+Why confidence intervals? The held-out set has a few hundred prompts; a win rate of 0.56 on 250 of
+them is compatible with no improvement at all. The bootstrap (resample the prompts with
+replacement, recompute the win rate, take the 2.5% and 97.5% quantiles) needs no distributional
+assumption and treats ties the way the win rate does (half a win).
+
+Why the over-optimisation curve? Optimising a proxy of what we want works until it does not
+(Goodhart's law). Stiennon et al. (2020, Fig. 5) and Gao et al. (2022) plot the proxy reward-model
+score and a gold score against sqrt(KL(pi || pi_SFT)): the proxy keeps rising with KL while the gold
+score peaks and then falls. We measure both at the checkpoints of the main PPO run (and, when it
+saved too few, at short extra runs with a beta sweep), sampling at the training temperature as PPO
+did, and cache each point under ``<artifacts>/evaluation/`` keyed by the checkpoint's weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlhf_helpers.config import artifacts_dir, course_seed, preset_name
+from rlhf_helpers.io_utils import atomic_write_dir, atomic_write_json, read_json
+
+#: The three policies, in the order tables show them.
+POLICIES = ("base", "sft", "ppo")
+POLICY_LABELS = {"base": "base", "sft": "SFT", "ppo": "PPO"}
+#: Every pair of policies, (A, B) = "how often is A's reply better than B's".
+PAIRINGS = (("ppo", "sft"), ("ppo", "base"), ("sft", "base"))
+#: The over-optimisation plot needs at least this many KL levels (SFT itself counts as KL = 0).
+MIN_KL_POINTS = 4
+#: Extra short PPO runs when the main run saved too few checkpoints: fixed beta, strongest first.
+SWEEP_BETAS = (0.3, 0.05, 0.01, 0.0)
+SWEEP_STEPS = 20
+N_BOOTSTRAP = 2000
+#: Bump when what a cached file contains changes: old caches are then ignored, never misread.
+CACHE_VERSION = 2
+FIGURES = ("evaluation_win_rates", "evaluation_scores", "evaluation_lengths", "evaluation_overoptimisation")
+
+
+def evaluation_dir() -> Path:
+    """``<artifacts>/evaluation``: the caches of this stage."""
+    return artifacts_dir() / "evaluation"
+
+
+# =========================================================================== win rates with confidence intervals
+
+
+def win_outcomes(verdicts: Sequence[str]) -> np.ndarray:
+    """Per-prompt outcome of A against B: 1 for a win ('A'), 0.5 for a tie, 0 for a loss ('B').
+
+    The mean of these is exactly ``judger.win_rate``'s (wins + ties / 2) / n."""
+    v = np.asarray(list(verdicts), dtype=object)
+    unknown = sorted({str(x) for x in v if x not in ("A", "B", "tie")})
+    if unknown:
+        raise ValueError(f"unknown verdicts {unknown}; expected 'A', 'B' or 'tie'")
+    return np.where(v == "A", 1.0, np.where(v == "B", 0.0, 0.5)).astype(float)
+
+
+def bootstrap_means(outcomes: Sequence[float], n_boot: int = N_BOOTSTRAP, seed: int | None = None) -> np.ndarray:
+    """``n_boot`` bootstrap replicates of the mean: resample the n prompts with replacement and
+    average, w*_b = (1/n) sum_j o_{i_j} with i_1..i_n drawn uniformly from 1..n. Resampling *prompts*
+    is the point: the prompts are the random sample, the policies are fixed. Seeded (default: the
+    course seed), so the replicates and the interval built from them are reproducible."""
+    x = np.asarray(outcomes, dtype=float)
+    if x.ndim != 1:
+        raise ValueError("outcomes must be one number per prompt")
+    if len(x) == 0:
+        return np.full(n_boot, math.nan)
+    rng = np.random.default_rng(course_seed() if seed is None else seed)
+    means = np.empty(n_boot)
+    chunk = max(1, 2_000_000 // len(x))  # bounded memory for large n
+    for start in range(0, n_boot, chunk):
+        size = min(chunk, n_boot - start)
+        means[start : start + size] = x[rng.integers(0, len(x), size=(size, len(x)))].mean(axis=1)
+    return means
+
+
+def bootstrap_ci(
+    outcomes: Sequence[float], n_boot: int = N_BOOTSTRAP, level: float = 0.95, seed: int | None = None
+) -> tuple[float, float]:
+    """Percentile bootstrap confidence interval of the mean of ``outcomes`` (one number per prompt):
+    the (1 - level)/2 and (1 + level)/2 quantiles of :func:`bootstrap_means`' replicates. No normal
+    approximation, so it stays inside [0, 1] and is exact in the degenerate cases (all wins: [1, 1])."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    means = bootstrap_means(outcomes, n_boot, seed)
+    if np.isnan(means).any():
+        return (math.nan, math.nan)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(low), float(high)
+
+
+@dataclass
+class PairwiseWinRate:
+    """Win rate of policy ``a`` over policy ``b`` (ties count half) with its bootstrap interval."""
+
+    a: str
+    b: str
+    rate: float
+    ci_low: float
+    ci_high: float
+    wins: int
+    ties: int
+    losses: int
+    level: float = 0.95
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.ties + self.losses
+
+    def as_dict(self) -> dict:
+        return {
+            "a": self.a,
+            "b": self.b,
+            "win_rate": self.rate,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "ci_level": self.level,
+            "wins": self.wins,
+            "ties": self.ties,
+            "losses": self.losses,
+            "n": self.n,
+        }
+
+    def __str__(self) -> str:
+        a, b = POLICY_LABELS.get(self.a, self.a), POLICY_LABELS.get(self.b, self.b)
+        return (
+            f"{a} over {b}: {self.rate:.3f} (95% CI {self.ci_low:.3f} to {self.ci_high:.3f}; "
+            f"{self.wins} wins, {self.ties} ties, {self.losses} losses, n={self.n})"
+        )
+
+
+def pairwise_win_rate(
+    verdicts: Sequence[str], a: str = "A", b: str = "B", level: float = 0.95, seed: int | None = None
+) -> PairwiseWinRate:
+    """Win rate and bootstrap CI from per-prompt verdicts ('A' = a's reply is better, 'B', 'tie')."""
+    outcomes = win_outcomes(verdicts)
+    low, high = bootstrap_ci(outcomes, level=level, seed=seed)
+    wins, losses = int((outcomes == 1).sum()), int((outcomes == 0).sum())
+    rate = float(outcomes.mean()) if len(outcomes) else math.nan
+    return PairwiseWinRate(a, b, rate, low, high, wins, len(outcomes) - wins - losses, losses, level)
+
+
+def gold_verdicts(scores_a: Sequence[float], scores_b: Sequence[float], judge) -> np.ndarray:
+    """The judge's verdicts from each reply's own score: what ``judge.compare`` decides, without
+    scoring every reply once per pairing (each reply is scored once, alone, in both cases)."""
+    from rlhf_helpers.judger import verdicts
+
+    return verdicts(np.asarray(scores_a), np.asarray(scores_b), judge.config.tie_margin)
+
+
+# =========================================================================== the three policies
+
+
+def _adapter_file(folder: Path) -> Path:
+    """The LoRA weights of a saved adapter or PPO checkpoint (which keeps them in ``policy/``)."""
+    nested = folder / "policy" / "adapter_model.safetensors"
+    return nested if nested.exists() else folder / "adapter_model.safetensors"
+
+
+def check_checkpoint(folder: str | Path) -> Path:
+    """``folder`` if it is a complete PPO checkpoint, else ``FileNotFoundError`` naming what is missing
+    (a run killed while saving must not be evaluated as if it were a policy)."""
+    folder = Path(folder)
+    missing = [
+        name
+        for name, path in (
+            ("ppo_config.json", folder / "ppo_config.json"),
+            ("ppo_state.pt", folder / "ppo_state.pt"),
+            ("policy/adapter_model.safetensors", _adapter_file(folder)),
+        )
+        if not path.exists()
+    ]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: incomplete PPO checkpoint (missing {', '.join(missing)}); delete it and re-run notebook 05 "
+            "or `python -m rlhf_helpers ppo`"
+        )
+    return folder
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _reward_digest(reward_dir: Path) -> str:
+    files = sorted(p for p in reward_dir.iterdir() if p.suffix in (".safetensors", ".json") and p.is_file())
+    return _digest(*[(p.name, _file_digest(p)) for p in files])
+
+
+def _digest(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Policies:
+    """Base, SFT and PPO on one base model. ``trainer`` is a :class:`~rlhf_helpers.ppo.PPOTrainer`
+    built with the PPO run's own config: its ``rollout`` samples replies exactly as training did
+    (same temperature, same masks) and returns the policy's and the SFT reference's log-probs.
+
+    Its ``policy`` adapter holds whichever weights :meth:`use_weights` put there last (at first the
+    SFT adapter, then a checkpoint); the ``reference`` adapter is always the SFT policy."""
+
+    trainer: Any
+    preset: str
+    sft_dir: Path
+    reward_dir: Path
+    ppo_dir: Path
+    reward_model: Any
+    cfg: Any  # the PPO run's PPOConfig
+    loaded: str = "sft"
+    digests: dict = field(default_factory=dict)
+
+    @property
+    def model(self):
+        return self.trainer.model
+
+    @property
+    def tokenizer(self):
+        return self.trainer.tokenizer
+
+    @property
+    def final_dir(self) -> Path:
+        return self.ppo_dir / "final"
+
+    def use_weights(self, adapter_file: str | Path) -> None:
+        """Put a saved adapter's LoRA weights into the ``policy`` adapter (the same loading as
+        ``PPOTrainer.load_checkpoint``, without the optimizer state evaluation does not need)."""
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        key = str(adapter_file)
+        if key != self.loaded:
+            set_peft_model_state_dict(self.model, load_file(adapter_file), adapter_name="policy")
+            self.loaded = key
+
+    def use_final(self) -> None:
+        self.use_weights(_adapter_file(self.final_dir))
+
+    def replies(self, name: str, prompts: list[str]) -> list[str]:
+        """Greedy replies of ``base`` (adapters off), ``sft`` or ``ppo`` (the final checkpoint)."""
+        from rlhf_helpers.generation import DecodeSettings, generate_responses
+        from rlhf_helpers.ppo_stage import greedy_replies
+
+        if name == "base":
+            with self.model.disable_adapter():
+                return generate_responses(
+                    self.model,
+                    self.tokenizer,
+                    prompts,
+                    DecodeSettings(max_new_tokens=self.cfg.max_new_tokens),
+                    max_source_length=self.trainer.max_source_length,
+                )
+        if name == "ppo":
+            self.use_final()
+        elif name != "sft":
+            raise ValueError(f"unknown policy {name!r}; choose one of {POLICIES}")
+        return greedy_replies(
+            self.trainer, prompts, "policy" if name == "ppo" else "reference", self.cfg.max_new_tokens
+        )
+
+
+def ensure_ppo(preset: str, ppo_dir: str | Path | None = None, progress: bool = True) -> Path:
+    """The PPO run's final checkpoint, training PPO with defaults (and SFT and the reward model
+    before it, if missing) when the course's own run is missing, so notebook 06 also runs alone.
+
+    An explicitly given ``ppo_dir`` is never trained into: a typo must not start a training run."""
+    from rlhf_helpers.ppo_stage import default_ppo_dir, run_ppo_stage
+
+    ppo_dir = Path(ppo_dir) if ppo_dir is not None else default_ppo_dir()
+    final = ppo_dir / "final"
+    if final.exists():
+        return check_checkpoint(final)
+    if ppo_dir.resolve() != default_ppo_dir().resolve():
+        raise FileNotFoundError(f"{final}: no PPO checkpoint here (train one with `python -m rlhf_helpers ppo`)")
+    run_ppo_stage(preset, out_dir=ppo_dir, progress=progress)
+    return check_checkpoint(final)
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence the reward model's load report ("classification_head ... MISSING": the head lives in the
+    adapter, loaded right after) and a peft/transformers deprecation warning while the models load."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def load_policies(preset: str | None = None, ppo_dir: str | Path | None = None, progress: bool = True) -> Policies:
+    """Load base + SFT adapter (twice, as ``policy`` and ``reference``) and the reward model, reading
+    the PPO run's config from its final checkpoint. Missing course artifacts are trained first."""
+    from transformers import AutoTokenizer
+
+    from rlhf_helpers.ppo import PPOConfig, PPOTrainer, load_policy_and_reference
+    from rlhf_helpers.ppo_stage import default_ppo_dir, ensure_prerequisites
+    from rlhf_helpers.presets import get_preset, model_path
+    from rlhf_helpers.reward import load_reward_model
+
+    preset = preset or preset_name()
+    max_source = get_preset(preset).max_source_length  # unknown preset: ValueError before any work
+    ppo_dir = Path(ppo_dir) if ppo_dir is not None else default_ppo_dir()
+    if (ppo_dir / "final").exists():
+        check_checkpoint(ppo_dir / "final")  # fail fast, before anything is trained
+    final = ensure_ppo(preset, ppo_dir, progress)
+    sft_dir, reward_dir = ensure_prerequisites(preset, progress)
+    cfg = PPOConfig(**read_json(final / "ppo_config.json"))
+    base_path = model_path(preset)
+    with _quiet_transformers():
+        model = load_policy_and_reference(sft_dir, base_path)
+        tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+        reward_model = load_reward_model(reward_dir)
+    trainer = PPOTrainer(model, tokenizer, reward_model.score, [], cfg, max_source_length=max_source)
+    digests = {
+        "base": _digest(preset, base_path),
+        "sft": _file_digest(_adapter_file(sft_dir)),
+        "reward": _reward_digest(reward_dir),
+        "ppo": _file_digest(_adapter_file(final)),
+    }
+    return Policies(
+        trainer, preset, sft_dir, reward_dir, ppo_dir, reward_model, cfg, str(_adapter_file(sft_dir)), digests
+    )
+
+
+# =========================================================================== base vs SFT vs PPO
+
+
+def length_stats(replies: Sequence[str], tokenizer=None) -> dict[str, float]:
+    """Reply lengths in words (and tokens, given a tokenizer): RLHF policies tend to grow longer
+    replies when the reward model likes length, so every comparison should show them."""
+    words = np.array([len(r.split()) for r in replies], dtype=float)
+    if len(words) == 0:
+        return {"mean_words": math.nan, "median_words": math.nan, "p90_words": math.nan, "max_words": 0}
+    out = {
+        "mean_words": float(words.mean()),
+        "median_words": float(np.median(words)),
+        "p90_words": float(np.quantile(words, 0.9)),
+        "max_words": int(words.max()),
+        "empty_fraction": float((words == 0).mean()),
+    }
+    if tokenizer is not None:
+        out["mean_tokens"] = float(np.mean([len(ids) for ids in tokenizer(list(replies))["input_ids"]]))
+    return out
+
+
+@dataclass
+class PolicyComparison:
+    """Greedy replies of every policy on the held-out prompts, their per-reply reward-model and gold
+    scores, the reference-based metrics, and the gold judge's win rates for every pair of policies."""
+
+    prompts: list[str]
+    references: list[str]
+    replies: dict[str, list[str]]
+    rm_scores: dict[str, list[float]]
+    gold_scores: dict[str, list[float]]
+    metrics: dict[str, dict]
+    win_rates: dict[str, PairwiseWinRate]
+    verdicts: dict[str, list[str]]
+
+    def metrics_table(self):
+        """One row per policy: ROUGE-1/2/L, BLEU, METEOR, mean reward-model and gold scores, lengths."""
+        import pandas as pd
+
+        rows = {}
+        for name in POLICIES:
+            m = self.metrics[name]
+            rows[POLICY_LABELS[name]] = {
+                **{k: m[k] for k in ("rouge1", "rouge2", "rougeL", "bleu", "meteor", "rm_score", "gold_score")},
+                **{k: m["length"][k] for k in ("mean_words", "median_words", "empty_fraction")},
+            }
+        return pd.DataFrame(rows).T
+
+    def win_table(self):
+        """One row per pair of policies: win rate of A over B, its 95% CI, wins/ties/losses."""
+        import pandas as pd
+
+        rows = []
+        for key, w in self.win_rates.items():
+            rows.append(
+                {"A vs B": key.replace("_vs_", " vs ").replace("ppo", "PPO").replace("sft", "SFT"), **w.as_dict()}
+            )
+        return pd.DataFrame(rows).set_index("A vs B").drop(columns=["a", "b", "ci_level"])
+
+    def sample_table(self, n: int = 5, start: int = 0):
+        """Prompt, each policy's reply and both scores, for ``n`` prompts."""
+        import pandas as pd
+
+        idx = range(start, min(start + n, len(self.prompts)))
+        cols: dict[str, list] = {"prompt": [self.prompts[i] for i in idx]}
+        for name in POLICIES:
+            cols[POLICY_LABELS[name]] = [self.replies[name][i] for i in idx]
+        for name in POLICIES:
+            cols[f"RM {POLICY_LABELS[name]}"] = [round(self.rm_scores[name][i], 2) for i in idx]
+        for name in POLICIES:
+            cols[f"gold {POLICY_LABELS[name]}"] = [round(self.gold_scores[name][i], 3) for i in idx]
+        return pd.DataFrame(cols)
+
+
+def compare_policies(
+    policies: Policies,
+    prompts: list[str],
+    references: list[str],
+    judge=None,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> PolicyComparison:
+    """Generate (greedy) with base, SFT and PPO on ``prompts``; score every reply with the reward
+    model and the gold judge; compute text metrics against ``references`` and all pairwise win rates.
+
+    Replies and scores are cached in ``<artifacts>/evaluation/comparison_<key>.json``; the key
+    covers the weights of all three policies and of the reward model, the prompts and the judge."""
+    from tqdm.auto import tqdm
+
+    from rlhf_helpers.judger import gold_judge
+    from rlhf_helpers.metrics import text_metrics
+
+    judge = judge or gold_judge()
+    key = _digest(
+        CACHE_VERSION,
+        "comparison",
+        policies.digests,
+        prompts,
+        policies.cfg.max_new_tokens,
+        repr(judge),
+    )
+    cache = evaluation_dir() / f"comparison_{key}.json"
+    if use_cache and cache.exists():
+        saved = read_json(cache)
+    else:
+        saved = {"replies": {}, "rm_scores": {}, "gold_scores": {}}
+        for name in tqdm(POLICIES, desc="policies", disable=not progress, leave=False):
+            replies = policies.replies(name, prompts)
+            saved["replies"][name] = replies
+            saved["rm_scores"][name] = list(policies.reward_model.score(prompts, replies))
+            saved["gold_scores"][name] = judge.score(prompts, replies).total.tolist()
+        if use_cache:
+            atomic_write_json(cache, saved)
+
+    metrics: dict[str, dict] = {}
+    for name in POLICIES:
+        replies = saved["replies"][name]
+        metrics[name] = {
+            **text_metrics(replies, references),
+            "rm_score": float(np.mean(saved["rm_scores"][name])),
+            "gold_score": float(np.mean(saved["gold_scores"][name])),
+            "length": length_stats(replies, policies.tokenizer),
+        }
+    win_rates, all_verdicts = {}, {}
+    for a, b in PAIRINGS:
+        v = gold_verdicts(saved["gold_scores"][a], saved["gold_scores"][b], judge)
+        all_verdicts[f"{a}_vs_{b}"] = v.tolist()
+        win_rates[f"{a}_vs_{b}"] = pairwise_win_rate(v, a, b)
+    return PolicyComparison(
+        prompts,
+        references,
+        saved["replies"],
+        saved["rm_scores"],
+        saved["gold_scores"],
+        metrics,
+        win_rates,
+        all_verdicts,
+    )
+
+
+# =========================================================================== reward over-optimisation
+
+
+@dataclass
+class KLPoint:
+    """One policy on the over-optimisation curve: mean KL(pi || pi_SFT) per reply (nats) of replies
+    sampled at the training temperature, and the mean proxy (reward-model) and gold scores."""
+
+    label: str
+    source: str  # "sft" | "checkpoint" | "sweep"
+    step: int
+    kl: float
+    kl_sem: float  # standard errors of the means: is a difference between two points more than noise?
+    proxy_score: float
+    proxy_sem: float
+    gold_score: float
+    gold_sem: float
+    n: int
+    beta: float | None = None  # initial KL coefficient of the run
+    checkpoint: str | None = None
+
+    @property
+    def sqrt_kl(self) -> float:
+        """sqrt(KL), the x-axis of Gao et al. 2022; a slightly negative estimate (k1 is unbiased, not
+        non-negative) is shown as 0."""
+        return math.sqrt(max(self.kl, 0.0))
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "sqrt_kl": self.sqrt_kl}
+
+
+def sample_kl_point(
+    trainer, prompts: list[str], judge, label: str = "policy", seed: int | None = None, batch_size: int = 64
+) -> tuple[KLPoint, list[str]]:
+    """Sample one reply per prompt with the trainer's ``policy`` adapter, as PPO's rollout does, and
+    estimate KL(pi || pi_SFT) per reply: the sum over reply tokens of k1 = log pi(y_t) - log pi_SFT(y_t).
+
+    This is exactly the quantity PPO's penalty and its logged ``kl`` use: log-probabilities of the
+    untempered policies, averaged over replies sampled at the training temperature. At temperature 1
+    its expectation is KL(pi || pi_SFT); at 0.7 it is the same measure of drift PPO controlled, so
+    the points line up with the training curves. For the SFT policy itself it is exactly 0.
+    Returns the point (step 0, source 'checkpoint': callers fill in what they know) and the replies."""
+    import torch
+
+    from rlhf_helpers.ppo import kl_k1
+
+    torch.manual_seed(course_seed() if seed is None else seed)  # the same draws for every point
+    saved_beta = trainer.kl_ctl.beta
+    # rollout skips the reference pass when beta is 0 (nothing to penalise); we always need it.
+    trainer.kl_ctl.beta = max(saved_beta, 1e-12)
+    replies, kls, proxy = [], [], []
+    try:
+        for start in range(0, len(prompts), batch_size):
+            ro = trainer.rollout(prompts[start : start + batch_size])
+            kls.extend((kl_k1(ro["logprobs"], ro["ref_logprobs"]) * ro["mask"]).sum(dim=1).tolist())
+            proxy.extend(ro["raw_scores"].tolist())
+            replies.extend(ro["replies"])
+    finally:
+        trainer.kl_ctl.beta = saved_beta
+    gold = judge.score(prompts, replies).total
+    kl = np.asarray(kls)
+    point = KLPoint(
+        label=label,
+        source="checkpoint",
+        step=0,
+        kl=float(kl.mean()),
+        kl_sem=_sem(kl),
+        proxy_score=float(np.mean(proxy)),
+        proxy_sem=_sem(proxy),
+        gold_score=float(np.mean(gold)),
+        gold_sem=_sem(gold),
+        n=len(replies),
+    )
+    return point, replies
+
+
+def _sem(values: Sequence[float]) -> float:
+    x = np.asarray(values, dtype=float)
+    return float(x.std(ddof=1) / math.sqrt(len(x))) if len(x) > 1 else 0.0
+
+
+def gold_peak(points: Sequence[KLPoint]) -> KLPoint:
+    """The point with the highest gold score (the first one on a tie): where Goodhart's law starts
+    to bite, if the curve turns down after it."""
+    if not points:
+        raise ValueError("no points")
+    return max(points, key=lambda p: (p.gold_score, -p.sqrt_kl))
+
+
+@dataclass
+class _Candidate:
+    label: str
+    source: str
+    step: int
+    adapter: Path
+    beta: float | None
+    checkpoint: str | None
+
+
+def _step_of(folder: Path) -> int:
+    import torch
+
+    return int(torch.load(folder / "ppo_state.pt", weights_only=False, map_location="cpu")["step"])
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(artifacts_dir().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def checkpoint_candidates(policies: Policies) -> list[_Candidate]:
+    """SFT (KL 0), every complete checkpoint of the main run (same config, not past the final step)
+    and the final policy, without duplicates (the last checkpoint usually *is* the final one)."""
+    final = policies.final_dir
+    final_cfg = read_json(final / "ppo_config.json")
+    final_step = _step_of(final)
+    out = [_Candidate("SFT", "sft", 0, _adapter_file(policies.sft_dir), None, None)]
+    found = []
+    for folder in sorted((policies.ppo_dir / "checkpoints").glob("step_*")):
+        try:
+            check_checkpoint(folder)
+        except FileNotFoundError:
+            continue  # a checkpoint being written, or a killed save: not a policy
+        if read_json(folder / "ppo_config.json") != final_cfg:
+            continue  # left over from an earlier run with other settings
+        step = _step_of(folder)
+        if 0 < step <= final_step:
+            found.append((step, folder))
+    found.append((final_step, final))
+    seen = {_file_digest(out[0].adapter)}
+    for step, folder in sorted(found, key=lambda sf: sf[0]):
+        digest = _file_digest(_adapter_file(folder))
+        if digest in seen:
+            continue
+        seen.add(digest)
+        beta = final_cfg.get("init_kl_coef")
+        out.append(_Candidate(f"step {step}", "checkpoint", step, _adapter_file(folder), beta, _relative(folder)))
+    return out
+
+
+def _train_prompts() -> list[str]:
+    # The PPO stage's prompt set (ppo_stage.run_ppo_stage builds it the same way).
+    from rlhf_helpers.data_prep import load_split
+
+    return list(dict.fromkeys(list(load_split("sft_train")["prompt"]) + list(load_split("pref_train")["prompt"])))
+
+
+def sweep_candidates(policies: Policies, needed: int, progress: bool = True) -> list[_Candidate]:
+    """``needed`` short PPO runs from the SFT policy with a fixed beta each (strongest penalty first),
+    trained once and cached under ``<artifacts>/evaluation/sweep/``: more KL levels when the main
+    run saved too few checkpoints. A cached run is reused only if its config and SFT start match."""
+    from rlhf_helpers.ppo import PPOTrainer, load_policy_and_reference
+    from rlhf_helpers.ppo_stage import ppo_defaults
+    from rlhf_helpers.presets import model_path
+
+    out = []
+    for beta in SWEEP_BETAS[:needed]:
+        cfg = ppo_defaults(policies.preset, init_kl_coef=beta, adaptive_kl=False, steps=SWEEP_STEPS, checkpoint_every=0)
+        tag = _digest(asdict(cfg), policies.digests["sft"], policies.digests["reward"])
+        folder = evaluation_dir() / "sweep" / f"beta_{beta:g}_{tag}"
+        final = folder / "final"
+        if not (final / "ppo_config.json").exists():
+            model = load_policy_and_reference(policies.sft_dir, model_path(policies.preset))
+            trainer = PPOTrainer(
+                model,
+                policies.tokenizer,
+                policies.reward_model.score,
+                _train_prompts(),
+                cfg,
+                max_source_length=policies.trainer.max_source_length,
+            )
+            trainer.train(progress=progress)
+            atomic_write_dir(final, trainer.save_checkpoint)
+        out.append(
+            _Candidate(
+                f"β={beta:g}, {SWEEP_STEPS} steps", "sweep", SWEEP_STEPS, _adapter_file(final), beta, _relative(final)
+            )
+        )
+    return out
+
+
+def overoptimisation_points(
+    policies: Policies,
+    prompts: list[str],
+    judge=None,
+    min_points: int = MIN_KL_POINTS,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> list[KLPoint]:
+    """The points of the over-optimisation plot in training order: SFT, the main run's checkpoints and
+    final policy by step, then beta-sweep runs (strongest penalty first) when that makes fewer than
+    ``min_points``.
+
+    Each point is cached in ``<artifacts>/evaluation/kl_point_<key>.json``, the key made of the
+    policy's weights, the SFT reference, the reward model, the prompts, the sampling settings, the
+    judge and the seed; re-running only computes points whose checkpoint changed."""
+    from tqdm.auto import tqdm
+
+    from rlhf_helpers.judger import gold_judge
+
+    judge = judge or gold_judge()
+    candidates = checkpoint_candidates(policies)
+    if len(candidates) < min_points:
+        candidates += sweep_candidates(policies, min_points - len(candidates), progress)
+    cfg = policies.cfg
+    sampling = (cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, cfg.min_new_tokens)
+    points = []
+    for cand in tqdm(candidates, desc="KL points", disable=not progress, leave=False):
+        key = _digest(
+            CACHE_VERSION,
+            "kl_point",
+            _file_digest(cand.adapter),
+            policies.digests["sft"],
+            policies.digests["reward"],
+            policies.digests["base"],
+            prompts,
+            sampling,
+            repr(judge),
+            course_seed(),
+        )
+        cache = evaluation_dir() / f"kl_point_{key}.json"
+        if use_cache and cache.exists():
+            point = KLPoint(**{k: v for k, v in read_json(cache).items() if k != "sqrt_kl"})
+        else:
+            policies.use_weights(cand.adapter)
+            point, _ = sample_kl_point(policies.trainer, prompts, judge, cand.label)
+            if use_cache:
+                atomic_write_json(cache, asdict(point) | _identity(cand))
+        points.append(KLPoint(**(asdict(point) | _identity(cand))))
+    return points
+
+
+def _identity(cand: _Candidate) -> dict:
+    return {
+        "label": cand.label,
+        "source": cand.source,
+        "step": cand.step,
+        "beta": cand.beta,
+        "checkpoint": cand.checkpoint,
+    }
+
+
+# =========================================================================== pairs for human labelling
+
+
+def label_pairs_from(comparison: PolicyComparison, judge=None) -> list:
+    """(SFT, PPO) reply pairs in the labelling format of notebook 07: ``response_a`` = SFT,
+    ``response_b`` = PPO (the widget shows them in a random left/right order), the gold judge's
+    verdict as ``gold`` (so 07 can measure human agreement with it) and which model wrote which.
+
+    Pairs with identical replies (nothing to choose) or an empty reply (the labelling queue refuses
+    empty texts) are left out, as are repeated pairs."""
+    from rlhf_helpers.judger import gold_judge
+    from rlhf_helpers.labeling import Pair, pair_id_for
+
+    judge = judge or gold_judge()
+    verdict = gold_verdicts(comparison.gold_scores["sft"], comparison.gold_scores["ppo"], judge)
+    pairs, seen = [], set()
+    for i, prompt in enumerate(comparison.prompts):
+        a, b = comparison.replies["sft"][i], comparison.replies["ppo"][i]
+        if not a.strip() or not b.strip() or a == b:
+            continue
+        pid = pair_id_for(prompt, a, b)
+        if pid in seen:
+            continue
+        seen.add(pid)
+        source = {
+            "origin": "evaluation",
+            "model_a": "sft",
+            "model_b": "ppo",
+            "gold": str(verdict[i]),
+            "gold_score_a": round(float(comparison.gold_scores["sft"][i]), 4),
+            "gold_score_b": round(float(comparison.gold_scores["ppo"][i]), 4),
+        }
+        pairs.append(Pair(pid, prompt, a, b, source))
+    return pairs
+
+
+def export_label_pairs(comparison: PolicyComparison, path: str | Path | None = None, judge=None) -> tuple[Path, int]:
+    """Write :func:`label_pairs_from`'s pairs to ``<artifacts>/labeling/pairs_to_label.jsonl`` (or
+    ``path``), atomically. Returns (path, number of pairs)."""
+    from rlhf_helpers.labeling import write_pairs
+
+    pairs = label_pairs_from(comparison, judge)
+    return write_pairs(pairs, path), len(pairs)
+
+
+# =========================================================================== figures
+
+
+def plot_win_rates(win_rates: dict[str, PairwiseWinRate]):
+    """Win rate of A over B for every pair, with its 95% bootstrap interval; 0.5 = no difference."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 2.6))
+    items = list(win_rates.values())
+    y = np.arange(len(items))
+    rates = np.array([w.rate for w in items])
+    err = np.array([[w.rate - w.ci_low for w in items], [w.ci_high - w.rate for w in items]])
+    ax.barh(y, rates, xerr=err, capsize=4, color="tab:blue", alpha=0.8)
+    ax.axvline(0.5, color="k", ls="--", lw=1)
+    ax.set(
+        yticks=y,
+        yticklabels=[f"{POLICY_LABELS[w.a]} over {POLICY_LABELS[w.b]}" for w in items],
+        xlim=(0, 1),
+        xlabel="gold-judge win rate (ties = 1/2), 95% bootstrap CI",
+    )
+    ax.invert_yaxis()
+    fig.tight_layout()
+    return fig
+
+
+def plot_scores(comparison: PolicyComparison):
+    """Reference-based metrics and the two judges' mean scores, per policy."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    names = ["rouge1", "rouge2", "rougeL", "bleu", "meteor"]
+    width = 0.8 / len(POLICIES)
+    for j, policy in enumerate(POLICIES):
+        m = comparison.metrics[policy]
+        values = [m[k] if m[k] is not None else 0.0 for k in names]
+        axes[0].bar(np.arange(len(names)) + (j - 1) * width, values, width, label=POLICY_LABELS[policy])
+    axes[0].set(xticks=range(len(names)), xticklabels=names, title="vs references", ylim=(0, 1))
+    axes[0].legend(fontsize=8)
+    labels = [POLICY_LABELS[p] for p in POLICIES]
+    axes[1].bar(labels, [comparison.metrics[p]["rm_score"] for p in POLICIES], color="tab:orange")
+    axes[1].set(title="reward model (proxy, what PPO optimised)")
+    axes[2].bar(labels, [comparison.metrics[p]["gold_score"] for p in POLICIES], color="tab:green")
+    axes[2].set(title="gold judge (held out from training)", ylim=(0, 1))
+    fig.tight_layout()
+    return fig
+
+
+def plot_lengths(comparison: PolicyComparison):
+    """Histogram of reply lengths (words) per policy."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3))
+    lengths = {p: [len(r.split()) for r in comparison.replies[p]] for p in POLICIES}
+    top = max(max(v, default=0) for v in lengths.values())
+    bins = np.arange(0, top + 2) - 0.5 if top < 60 else 30
+    for p in POLICIES:
+        ax.hist(lengths[p], bins=bins, alpha=0.5, label=f"{POLICY_LABELS[p]} (mean {np.mean(lengths[p]):.1f})")
+    ax.set(xlabel="reply length (words)", ylabel="replies")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_overoptimisation(points: Sequence[KLPoint]):
+    """Proxy (reward-model) and gold scores against sqrt(KL(pi || pi_SFT)), the gold peak marked:
+    Stiennon et al. 2020, Fig. 5; Gao et al. 2022."""
+    import matplotlib.pyplot as plt
+
+    pts = sorted(points, key=lambda p: p.sqrt_kl)
+    x = [p.sqrt_kl for p in pts]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    ax.errorbar(
+        x,
+        [p.proxy_score for p in pts],
+        yerr=[p.proxy_sem for p in pts],
+        fmt="o-",
+        capsize=3,
+        color="tab:orange",
+        label="proxy: reward model",
+    )
+    ax.set(
+        xlabel=r"$\sqrt{\mathrm{KL}(\pi\,\|\,\pi_\mathrm{SFT})}$  (nats$^{1/2}$ per reply)", ylabel="reward-model score"
+    )
+    ax.tick_params(axis="y", colors="tab:orange")
+    ax2 = ax.twinx()
+    ax2.errorbar(
+        x,
+        [p.gold_score for p in pts],
+        yerr=[p.gold_sem for p in pts],
+        fmt="s-",
+        capsize=3,
+        color="tab:green",
+        label="gold judge (± 1 s.e.)",
+    )
+    ax2.set_ylabel("gold-judge score")
+    ax2.tick_params(axis="y", colors="tab:green")
+    peak = gold_peak(pts)
+    ax2.axvline(peak.sqrt_kl, color="tab:green", ls=":", lw=1)
+    ax2.plot([peak.sqrt_kl], [peak.gold_score], "*", ms=16, color="tab:red", label=f"gold peak ({peak.label})")
+    for p in pts:
+        ax2.annotate(p.label, (p.sqrt_kl, p.gold_score), textcoords="offset points", xytext=(4, -12), fontsize=7)
+    (h1, l1), (h2, l2) = ax.get_legend_handles_labels(), ax2.get_legend_handles_labels()
+    ax.legend(h1 + h2, l1 + l2, loc="lower right", fontsize=8)
+    ax.set_title("reward over-optimisation")
+    fig.tight_layout()
+    return fig
+
+
+# =========================================================================== the whole stage
+
+
+@dataclass
+class EvaluationOutput:
+    metrics: dict
+    comparison: PolicyComparison
+    points: list[KLPoint]
+    pairs_path: Path
+    n_pairs: int
+    figures: dict[str, Path]
+
+
+def run_evaluation(
+    preset: str | None = None,
+    out_dir: str | Path | None = None,
+    ppo_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = True,
+) -> EvaluationOutput:
+    """What notebook 06 and ``python -m rlhf_helpers evaluate`` do: compare the three policies on the
+    held-out prompts, measure the over-optimisation curve, export (SFT, PPO) pairs for labelling,
+    save the figures under ``<artifacts>/figures/`` and record the metrics as stage ``evaluation``."""
+    import matplotlib.pyplot as plt
+
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.judger import gold_judge
+    from rlhf_helpers.report import record_metrics, save_figure
+
+    start = time.perf_counter()
+    policies = load_policies(preset, ppo_dir, progress)
+    eval_ds = load_split("eval")
+    prompts, references = list(eval_ds["prompt"]), list(eval_ds["reference"])
+    judge = gold_judge()
+    points = overoptimisation_points(policies, prompts, judge, use_cache=use_cache, progress=progress)
+    comparison = compare_policies(policies, prompts, references, judge, use_cache=use_cache, progress=progress)
+    pairs_path, n_pairs = export_label_pairs(comparison, judge=judge)
+
+    figures = {}
+    for name, make in zip(
+        FIGURES,
+        (
+            lambda: plot_win_rates(comparison.win_rates),
+            lambda: plot_scores(comparison),
+            lambda: plot_lengths(comparison),
+            lambda: plot_overoptimisation(points),
+        ),
+    ):
+        fig = make()
+        figures[name] = save_figure(fig, name)
+        plt.close(fig)  # the notebook draws its own copies where it explains them
+
+    peak = gold_peak(points)
+    headline = comparison.win_rates["ppo_vs_sft"]
+    metrics = {
+        "preset": policies.preset,
+        "n_eval": len(prompts),
+        "ppo_checkpoint": _relative(policies.final_dir),
+        "policies": comparison.metrics,
+        "win_rates": {k: w.as_dict() for k, w in comparison.win_rates.items()},
+        "win_rate_ppo_vs_sft": headline.rate,
+        "win_rate_ppo_vs_sft_ci": [headline.ci_low, headline.ci_high],
+        "overoptimisation": {
+            "points": [p.as_dict() for p in points],
+            "gold_peak": peak.as_dict(),
+            "sampling_temperature": policies.cfg.temperature,
+        },
+        "pairs_exported": n_pairs,
+        "pairs_file": _relative(pairs_path),
+        "figures": [_relative(p) for p in figures.values()],
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    record_metrics("evaluation", metrics, out_dir=out_dir)
+    return EvaluationOutput(metrics, comparison, points, pairs_path, n_pairs, figures)
