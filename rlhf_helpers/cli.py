@@ -67,6 +67,7 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
 
 
 def _cmd_sft(args: argparse.Namespace) -> int:
+    from rlhf_helpers.distributed import is_main_process
     from rlhf_helpers.presets import PresetUnavailableError
     from rlhf_helpers.sft import run_sft_stage, sft_defaults
 
@@ -86,6 +87,8 @@ def _cmd_sft(args: argparse.Namespace) -> int:
     except (PresetUnavailableError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not is_main_process():  # under `accelerate launch`: one report, from the main process
+        return EXIT_OK
     m = out.metrics
     print(
         f"SFT done in {m['train_seconds']} s: ROUGE-L {m['rougeL_before']:.3f} -> {m['rougeL']:.3f}, "
@@ -97,6 +100,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
 
 def _cmd_reward(args: argparse.Namespace) -> int:
     from rlhf_helpers.data_loading import DataValidationError
+    from rlhf_helpers.distributed import is_main_process
     from rlhf_helpers.presets import PresetUnavailableError
     from rlhf_helpers.reward import reward_defaults, run_reward_stage
 
@@ -115,7 +119,7 @@ def _cmd_reward(args: argparse.Namespace) -> int:
         overrides["use_lora"] = False
     try:
         cfg = reward_defaults(args.backbone, **overrides)
-        if cfg.max_train_pairs:
+        if cfg.max_train_pairs and is_main_process():
             print(
                 f"note: training on at most {cfg.max_train_pairs} pairs (subsampled with seed {cfg.seed}; "
                 "--max-pairs 0 uses all)",
@@ -128,6 +132,8 @@ def _cmd_reward(args: argparse.Namespace) -> int:
     except (PresetUnavailableError, FileNotFoundError, ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not is_main_process():  # under `accelerate launch`: one report, from the main process
+        return EXIT_OK
     m = out.metrics
     sub = f" (subsampled from {m['subsampled_from']})" if m["subsampled_from"] else ""
     print(
@@ -169,6 +175,7 @@ def _cmd_judge(args: argparse.Namespace) -> int:
 
 
 def _cmd_ppo(args: argparse.Namespace) -> int:
+    from rlhf_helpers.distributed import is_main_process
     from rlhf_helpers.ppo_stage import ppo_defaults, run_ppo_stage
     from rlhf_helpers.presets import PresetUnavailableError
 
@@ -195,6 +202,8 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
     except (PresetUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if not is_main_process():  # under `accelerate launch`: one report, from the main process
+        return EXIT_OK
     m = out.metrics
     print(
         f"PPO: {m['steps']} steps, {m['seconds_per_step']:.2f} s/step; reward {m['reward_start']:.2f} -> "

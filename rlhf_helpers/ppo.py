@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from rlhf_helpers.config import course_seed, fast_cpu_math
+from rlhf_helpers.distributed import ddp_accelerator, mean_over_processes
 
 
 @dataclass
@@ -219,6 +220,19 @@ def forward_policy(model, encoder_out, attention_mask, responses, start_token_id
     return out.logits, out.decoder_hidden_states[-1]
 
 
+class PolicyWithValue(torch.nn.Module):
+    """The trainable parts in one module, (logits, values) per reply position: what PPO updates,
+    and what ``accelerator.prepare`` wraps so that DDP averages their gradients across processes."""
+
+    def __init__(self, model, value_head: ValueHead):
+        super().__init__()
+        self.model, self.value_head = model, value_head
+
+    def forward(self, encoder_out, attention_mask, responses, start_token_id: int):
+        logits, hidden = forward_policy(self.model, encoder_out, attention_mask, responses, start_token_id)
+        return logits, self.value_head(hidden)
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -233,12 +247,20 @@ class PPOTrainer:
         fast_cpu_math()
         self.model, self.tokenizer, self.reward_fn, self.prompts, self.cfg = model, tokenizer, reward_fn, prompts, cfg
         self.max_source_length = max_source_length
-        self.device = next(model.parameters()).device
+        # Scale-out: under `accelerate launch` each process runs this trainer on its own replies and DDP
+        # averages the gradients. One process: the same plain loop. (Plumbing marked "accelerate:".)
+        self.accelerator = ddp_accelerator()
+        self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
         torch.manual_seed(cfg.seed)
         self.value_head = ValueHead(model.config.d_model).to(self.device)
         self._use_adapter("policy")
         self.params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5)
+        # accelerate: moves to the device; under DDP wraps the trainable parts (self.model stays unwrapped).
+        self.policy_and_value, self.optimizer = self.accelerator.prepare(
+            PolicyWithValue(self.model, self.value_head), self.optimizer
+        )
         self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.score_stats = RunningMoments()
         self.step_idx, self.history, self.samples = 0, [], []
@@ -262,9 +284,10 @@ class PPOTrainer:
         return batch, encoder_out
 
     def _prompts_for_step(self, step: int) -> list[str]:
+        """batch_size prompts per process: drawn for all processes at once, each takes its own share."""
         g = torch.Generator().manual_seed(self.cfg.seed * 100_003 + step)
-        idx = torch.randint(len(self.prompts), (self.cfg.batch_size,), generator=g)
-        return [self.prompts[i] for i in idx.tolist()]
+        idx = torch.randint(len(self.prompts), (self.cfg.batch_size * self.world,), generator=g)
+        return [self.prompts[i] for i in idx[self.rank * self.cfg.batch_size :][: self.cfg.batch_size].tolist()]
 
     # ---- one PPO step
     def rollout(self, prompts: list[str]) -> dict:
@@ -290,7 +313,7 @@ class PPOTrainer:
         has_eos = (responses == tok.eos_token_id).any(dim=1)
         scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
         if cfg.normalize_scores:
-            self.score_stats.update(scores)
+            self.score_stats.update(self.accelerator.gather(scores))  # the same statistics on every process
             scores = (scores - self.score_stats.mean) / self.score_stats.std
         start = self.model.config.decoder_start_token_id
         with torch.no_grad():
@@ -326,9 +349,11 @@ class PPOTrainer:
         """One PPO iteration; returns the logged statistics."""
         cfg = self.cfg
         t0 = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1_000_003 + self.step_idx)  # sampling depends only on (seed, step)
+        # sampling depends only on (seed, step) and, under accelerate launch, on the process
+        torch.manual_seed((cfg.seed * 1_000_003 + self.step_idx) * self.world + self.rank)
         prompts = self._prompts_for_step(self.step_idx)
-        ro = self.rollout(prompts)
+        with self.accelerator.autocast():  # accelerate: rollouts in the precision of the updates (bf16 or fp32)
+            ro = self.rollout(prompts)
         mask = ro["mask"]
         kl = kl_k1(ro["logprobs"], ro["ref_logprobs"]) * mask
         rewards = per_token_rewards(ro["scores"], kl, mask, self.kl_ctl.beta)
@@ -349,23 +374,23 @@ class PPOTrainer:
                     enc = self.model.get_encoder()(
                         input_ids=ro["batch"].input_ids[idx], attention_mask=ro["batch"].attention_mask[idx]
                     )
-                logits, hidden = forward_policy(
-                    self.model, enc, ro["batch"].attention_mask[idx], ro["responses"][idx], start
+                logits, values = self.policy_and_value(
+                    enc, ro["batch"].attention_mask[idx], ro["responses"][idx], start
                 )
                 logprobs = gather_logprobs(logits, ro["responses"][idx])
-                values = self.value_head(hidden)
                 pg_loss, ratio = clipped_policy_loss(logprobs, ro["logprobs"][idx], advantages[idx], m, cfg.cliprange)
                 old_v = ro["values"][idx]
                 vf_loss = clipped_value_loss(values, old_v, returns[idx], m, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
-                if not torch.isfinite(loss):  # NaN/inf guard: skip this mini-batch, say so
+                # NaN/inf guard: skip this mini-batch, say so (every process skips if one must: DDP steps together)
+                if self.accelerator.reduce(torch.isfinite(loss).float(), "sum") < self.world:
                     warnings.warn(f"PPO step {self.step_idx}: non-finite loss, mini-batch skipped", stacklevel=2)
                     self.skipped_batches += 1
                     self.optimizer.zero_grad(set_to_none=True)
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+                self.accelerator.backward(loss)  # accelerate: under DDP, gradients are averaged across processes
+                self.accelerator.clip_grad_norm_(self.params, cfg.max_grad_norm)
                 self.optimizer.step()
                 with torch.no_grad():
                     stats["pg_loss"].append(pg_loss.item())
@@ -376,24 +401,25 @@ class PPOTrainer:
                         masked_mean(((values - old_v).abs() > cfg.cliprange_value).float(), m).item()
                     )
 
-        mean_kl = kl.sum(dim=1).mean().item()
-        if cfg.adaptive_kl:
-            self.kl_ctl.update(mean_kl, cfg.batch_size)
         explained_var = 1 - torch.var((returns - ro["values"])[mask.bool()]) / torch.var(returns[mask.bool()]).clamp(
             min=1e-8
         )
-        record = {
-            "step": self.step_idx,
-            "reward": ro["raw_scores"].mean().item(),
-            "kl": mean_kl,
-            "beta": self.kl_ctl.beta,
-            "entropy": ro["entropy"],
-            "response_length": mask.sum(dim=1).mean().item(),
-            "eos_fraction": ro["has_eos"].float().mean().item(),
-            "explained_variance": explained_var.item(),
-            "seconds": time.perf_counter() - t0,
-            **{k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()},
-        }
+        # accelerate: each process saw its own replies; log (and adapt beta to) the mean over processes
+        record = mean_over_processes(
+            {
+                "reward": ro["raw_scores"].mean().item(),
+                "kl": kl.sum(dim=1).mean().item(),
+                "entropy": ro["entropy"],
+                "response_length": mask.sum(dim=1).mean().item(),
+                "eos_fraction": ro["has_eos"].float().mean().item(),
+                "explained_variance": explained_var.item(),
+                "seconds": time.perf_counter() - t0,
+                **{k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()},
+            }
+        )
+        if cfg.adaptive_kl:
+            self.kl_ctl.update(record["kl"], cfg.batch_size * self.world)
+        record = {"step": self.step_idx, **record, "beta": self.kl_ctl.beta}
         self.history.append(record)
         self.samples.append(
             {
@@ -408,24 +434,27 @@ class PPOTrainer:
 
     # ---- checkpoints
     def save_checkpoint(self, folder: str | Path) -> Path:
-        """Everything needed to continue exactly: adapter, value head, optimizer, controller, stats."""
+        """Everything needed to continue exactly: adapter, value head, optimizer, controller, stats.
+        accelerate: every process holds the same state; the main one writes it, the others wait."""
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(folder, selected_adapters=["policy"])
-        torch.save(
-            {
-                "value_head": self.value_head.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "beta": self.kl_ctl.beta,
-                "score_stats": vars(self.score_stats),
-                "step": self.step_idx,
-                "history": self.history,
-                "samples": self.samples,
-                "skipped": self.skipped_batches,
-            },
-            folder / "ppo_state.pt",
-        )
-        (folder / "ppo_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        if self.accelerator.is_main_process:
+            folder.mkdir(parents=True, exist_ok=True)
+            self.model.save_pretrained(folder, selected_adapters=["policy"])
+            torch.save(
+                {
+                    "value_head": self.value_head.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "beta": self.kl_ctl.beta,
+                    "score_stats": vars(self.score_stats),
+                    "step": self.step_idx,
+                    "history": self.history,
+                    "samples": self.samples,
+                    "skipped": self.skipped_batches,
+                },
+                folder / "ppo_state.pt",
+            )
+            (folder / "ppo_config.json").write_text(json.dumps(asdict(self.cfg), indent=2))
+        self.accelerator.wait_for_everyone()
         return folder
 
     def load_checkpoint(self, folder: str | Path) -> None:
@@ -452,7 +481,7 @@ class PPOTrainer:
         from tqdm.auto import tqdm
 
         end = self.cfg.steps if steps is None else self.step_idx + steps
-        bar = tqdm(total=end - self.step_idx, desc="PPO", unit="step", disable=not progress)
+        bar = tqdm(total=end - self.step_idx, desc="PPO", unit="step", disable=not progress or self.rank > 0)
         while self.step_idx < end:
             rec = self.step()
             bar.update(1)

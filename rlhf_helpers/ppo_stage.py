@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rlhf_helpers.config import artifacts_dir
+from rlhf_helpers.distributed import main_process_first, num_processes, on_main_process
 from rlhf_helpers.generation import DecodeSettings, generate_responses
 from rlhf_helpers.ppo import PPOConfig, PPOTrainer, default_config, load_policy_and_reference
 
@@ -91,12 +92,17 @@ def run_ppo_stage(
     cfg = cfg or ppo_defaults(preset)
     out_dir = Path(out_dir or default_ppo_dir())
     sft_dir, reward_dir = ensure_prerequisites(preset, progress)
-    model = load_policy_and_reference(sft_dir, model_path(preset))
+    # Under `accelerate launch` (see rlhf_helpers.distributed) every process trains; the main process alone
+    # builds the tiny base and writes the splits (first), then saves, evaluates and records (once).
+    with main_process_first():
+        base_path = model_path(preset)
+        train_prompts = list(
+            dict.fromkeys(list(load_split("sft_train")["prompt"]) + list(load_split("pref_train")["prompt"]))
+        )
+        prompts = list(load_split("eval")["prompt"])
+    model = load_policy_and_reference(sft_dir, base_path)
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     reward_model = load_reward_model(reward_dir)
-    train_prompts = list(
-        dict.fromkeys(list(load_split("sft_train")["prompt"]) + list(load_split("pref_train")["prompt"]))
-    )
     max_source = get_preset(preset).max_source_length
     trainer = PPOTrainer(model, tokenizer, reward_model.score, train_prompts, cfg, max_source_length=max_source)
     if resume_from:
@@ -106,34 +112,37 @@ def run_ppo_stage(
     seconds = time.perf_counter() - start
     trainer.save_checkpoint(out_dir / "final")
 
-    eval_ds = load_split("eval")
-    prompts = list(eval_ds["prompt"])
-    sft_replies = greedy_replies(trainer, prompts, "reference", cfg.max_new_tokens)
-    ppo_replies = greedy_replies(trainer, prompts, "policy", cfg.max_new_tokens)
-    wins = win_rate(prompts, ppo_replies, sft_replies, gold_judge())
-    history = trainer.history
-    window = max(len(history) // 10, 1)
-    metrics = {
-        "steps": len(history),
-        "reward_start": sum(h["reward"] for h in history[:window]) / window,
-        "reward_end": sum(h["reward"] for h in history[-window:]) / window,
-        "kl_end": sum(h["kl"] for h in history[-window:]) / window,
-        "kl_bound": KL_BOUND,
-        "win_rate_vs_sft": wins.rate,
-        "wins": wins.wins,
-        "losses": wins.losses,
-        "ties": wins.ties,
-        "n_eval": wins.n,
-        "rm_score_sft_eval": _mean(reward_model.score(prompts, sft_replies)),
-        "rm_score_ppo_eval": _mean(reward_model.score(prompts, ppo_replies)),
-        "seconds_per_step": sum(h["seconds"] for h in history) / max(len(history), 1),
-        "train_seconds": round(seconds, 1),
-        "skipped_batches": trainer.skipped_batches,
-        "config": asdict(cfg),
-    }
-    record_metrics("ppo", metrics, out_dir=out_dir)
-    (out_dir / "history.json").write_text(json.dumps(history))
-    return PPOStageOutput(metrics, trainer, prompts, sft_replies, ppo_replies, wins.verdicts)
+    def evaluate_and_record():
+        sft_replies = greedy_replies(trainer, prompts, "reference", cfg.max_new_tokens)
+        ppo_replies = greedy_replies(trainer, prompts, "policy", cfg.max_new_tokens)
+        wins = win_rate(prompts, ppo_replies, sft_replies, gold_judge())
+        history = trainer.history
+        window = max(len(history) // 10, 1)
+        metrics = {
+            "steps": len(history),
+            "reward_start": sum(h["reward"] for h in history[:window]) / window,
+            "reward_end": sum(h["reward"] for h in history[-window:]) / window,
+            "kl_end": sum(h["kl"] for h in history[-window:]) / window,
+            "kl_bound": KL_BOUND,
+            "win_rate_vs_sft": wins.rate,
+            "wins": wins.wins,
+            "losses": wins.losses,
+            "ties": wins.ties,
+            "n_eval": wins.n,
+            "rm_score_sft_eval": _mean(reward_model.score(prompts, sft_replies)),
+            "rm_score_ppo_eval": _mean(reward_model.score(prompts, ppo_replies)),
+            "seconds_per_step": sum(h["seconds"] for h in history) / max(len(history), 1),
+            "train_seconds": round(seconds, 1),
+            "skipped_batches": trainer.skipped_batches,
+            "num_processes": num_processes(),
+            "config": asdict(cfg),
+        }
+        record_metrics("ppo", metrics, out_dir=out_dir)
+        (out_dir / "history.json").write_text(json.dumps(history))
+        return metrics, sft_replies, ppo_replies, wins.verdicts
+
+    metrics, sft_replies, ppo_replies, verdicts = on_main_process(evaluate_and_record)
+    return PPOStageOutput(metrics, trainer, prompts, sft_replies, ppo_replies, verdicts)
 
 
 def _mean(xs: list[float]) -> float:

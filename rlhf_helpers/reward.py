@@ -31,6 +31,7 @@ import numpy as np
 from rlhf_helpers.backbones import minilm_path
 from rlhf_helpers.config import artifacts_dir, course_seed, device_name, fast_cpu_math
 from rlhf_helpers.course_data import CRITERIA
+from rlhf_helpers.distributed import main_process_first, num_processes, on_main_process
 from rlhf_helpers.io_utils import atomic_write_dir
 from rlhf_helpers.presets import PRESETS, get_preset, model_path
 
@@ -282,7 +283,8 @@ def train_reward_model(cfg: RewardConfig, train_ds, eval_ds=None, progress: bool
     model, tokenizer = load_backbone(cfg)
     train_features = preference_features(train_ds, tokenizer, cfg)
     eval_features = preference_features(eval_ds, tokenizer, cfg) if eval_ds is not None else None
-    steps_per_epoch = max(math.ceil(len(train_features) / cfg.batch_size), 1)
+    # batch_size is per process (the Trainer's convention): N processes take N batches per step.
+    steps_per_epoch = max(math.ceil(len(train_features) / (cfg.batch_size * num_processes())), 1)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrlRewardConfig(
             output_dir=scratch,
@@ -302,6 +304,7 @@ def train_reward_model(cfg: RewardConfig, train_ds, eval_ds=None, progress: bool
             max_length=None,  # we truncate ourselves (encode_pair); trl would drop long pairs instead
             disable_tqdm=not progress,
             dataloader_num_workers=0,
+            ddp_find_unused_parameters=False if cfg.use_lora else None,  # DDP: every LoRA weight is used
             use_cpu=device_name() == "cpu",
             **mixed_precision(),
         )
@@ -435,11 +438,15 @@ def run_reward_stage(
     from rlhf_helpers.report import record_metrics
 
     cfg = cfg or reward_defaults()
-    train_ds = load_records(train_path, "preferences") if train_path else load_split("pref_train")
-    eval_ds = load_records(eval_path, "preferences") if eval_path else load_split("pref_val")
+    # Under `accelerate launch` (see rlhf_helpers.distributed) every process trains, but the main process
+    # alone writes the data splits and builds the tiny base (first), evaluates, saves and records (once).
+    with main_process_first():
+        train_ds = load_records(train_path, "preferences") if train_path else load_split("pref_train")
+        eval_ds = load_records(eval_path, "preferences") if eval_path else load_split("pref_val")
+        backbone_path(cfg.backbone)
     training = train_reward_model(cfg, train_ds, eval_ds, progress=progress)
-    eval_metrics = evaluate_reward_model(training.reward_model, eval_ds, seed=cfg.seed)
-    saved = training.reward_model.save(Path(out_dir) / "model" if out_dir else default_reward_dir())
+    eval_metrics = on_main_process(evaluate_reward_model, training.reward_model, eval_ds, seed=cfg.seed)
+    saved = on_main_process(training.reward_model.save, Path(out_dir) / "model" if out_dir else default_reward_dir())
     metrics = {k: v for k, v in eval_metrics.items() if not k.startswith("_")}
     metrics.update(
         train_seconds=round(training.train_seconds, 1),
@@ -447,7 +454,8 @@ def run_reward_stage(
         subsampled_from=training.subsampled_from,
         backbone=cfg.backbone,
         use_lora=cfg.use_lora,
+        num_processes=num_processes(),
         model_dir=str(saved),
     )
-    record_metrics("reward", metrics, out_dir=out_dir)
+    on_main_process(record_metrics, "reward", metrics, out_dir=out_dir)
     return RewardStageOutput(metrics, training, eval_metrics)

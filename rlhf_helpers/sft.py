@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from rlhf_helpers.config import artifacts_dir, course_seed, device_name, fast_cpu_math
+from rlhf_helpers.distributed import main_process_first, num_processes, on_main_process
 from rlhf_helpers.generation import DecodeSettings, generate_responses
 from rlhf_helpers.io_utils import atomic_write_dir
 from rlhf_helpers.metrics import text_metrics
@@ -134,7 +135,8 @@ def train_sft(cfg: SFTConfig, train_ds, val_ds=None, progress: bool = True) -> S
     val_tok = tokenize_pairs(val_ds, tokenizer, cfg) if val_ds is not None else None
     # Pads labels with -100 so padding never counts in the loss; pads inputs to the batch's longest.
     collator = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
-    steps_per_epoch = max(len(train_tok) // cfg.batch_size, 1)
+    # batch_size is per process (the Trainer's convention): N processes take N batches per step.
+    steps_per_epoch = max(len(train_tok) // (cfg.batch_size * num_processes()), 1)
     with tempfile.TemporaryDirectory() as scratch:
         args = Seq2SeqTrainingArguments(
             output_dir=scratch,
@@ -152,6 +154,7 @@ def train_sft(cfg: SFTConfig, train_ds, val_ds=None, progress: bool = True) -> S
             seed=cfg.seed,
             disable_tqdm=not progress,
             dataloader_num_workers=0,
+            ddp_find_unused_parameters=False,  # under DDP: every LoRA weight is used in every forward
             use_cpu=device_name() == "cpu",
             **mixed_precision(),
         )
@@ -183,8 +186,8 @@ class CompactProgress:
         class _Callback(TrainerCallback):
             bar = None
 
-            def on_train_begin(self, args, state, control, **kwargs):
-                self.bar = tqdm(total=state.max_steps, desc=desc, unit="step")
+            def on_train_begin(self, args, state, control, **kwargs):  # one bar, not one per process
+                self.bar = tqdm(total=state.max_steps, desc=desc, unit="step", disable=not state.is_world_process_zero)
 
             def on_step_end(self, args, state, control, **kwargs):
                 self.bar.update(1)
@@ -320,14 +323,20 @@ def run_sft_stage(
     from rlhf_helpers.report import record_metrics
 
     cfg = cfg or sft_defaults()
-    train_ds, val_ds, eval_ds = load_split("sft_train"), load_split("sft_val"), load_split("eval")
-    base_path = model_path(cfg.preset)
-    base = AutoModelForSeq2SeqLM.from_pretrained(base_path)
-    before, replies_before = evaluate_generations(base, AutoTokenizer.from_pretrained(base_path), eval_ds, cfg)
-    del base
+    # Under `accelerate launch` (see rlhf_helpers.distributed) every process trains, but the main process
+    # alone writes the data splits and builds the tiny base (first), scores, saves and records (once).
+    with main_process_first():
+        train_ds, val_ds, eval_ds = load_split("sft_train"), load_split("sft_val"), load_split("eval")
+        base_path = model_path(cfg.preset)
+
+    def score_base():
+        base = AutoModelForSeq2SeqLM.from_pretrained(base_path)
+        return evaluate_generations(base, AutoTokenizer.from_pretrained(base_path), eval_ds, cfg)
+
+    before, replies_before = on_main_process(score_base)
     result = train_sft(cfg, train_ds, val_ds, progress=progress)
-    after, replies_after = evaluate_generations(result.model, result.tokenizer, eval_ds, cfg)
-    adapter = save_sft(result, out_dir)
+    after, replies_after = on_main_process(evaluate_generations, result.model, result.tokenizer, eval_ds, cfg)
+    adapter = on_main_process(save_sft, result, out_dir)
     curves = loss_curves(result.log_history)
     metrics = {
         **after,
@@ -339,9 +348,10 @@ def run_sft_stage(
         "final_val_loss": curves["validation"][-1][1] if curves["validation"] else None,
         "n_eval": len(eval_ds),
         "preset": cfg.preset,
+        "num_processes": num_processes(),
         "adapter_dir": str(adapter),
     }
-    record_metrics("sft", metrics, out_dir=out_dir)
+    on_main_process(record_metrics, "sft", metrics, out_dir=out_dir)
     return SFTStageOutput(
         metrics, result, list(eval_ds["prompt"]), list(eval_ds["reference"]), replies_before, replies_after
     )
