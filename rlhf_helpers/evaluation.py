@@ -53,7 +53,7 @@ SWEEP_BETAS = (0.3, 0.05, 0.01, 0.0)
 SWEEP_STEPS = 20
 N_BOOTSTRAP = 2000
 #: Bump when what a cached file contains changes: old caches are then ignored, never misread.
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 FIGURES = ("evaluation_win_rates", "evaluation_scores", "evaluation_lengths", "evaluation_overoptimisation")
 
 
@@ -234,6 +234,9 @@ class Policies:
     cfg: Any  # the PPO run's PPOConfig
     loaded: str = "sft"
     digests: dict = field(default_factory=dict)
+    #: Replies generated per batch. The tiny model's cost is the number of (small) operations, so the
+    #: whole eval set goes in one batch (4x fewer than batches of 64); Flan-T5 needs smaller batches.
+    batch_size: int = 32
 
     @property
     def model(self):
@@ -262,26 +265,24 @@ class Policies:
         self.use_weights(_adapter_file(self.final_dir))
 
     def replies(self, name: str, prompts: list[str]) -> list[str]:
-        """Greedy replies of ``base`` (adapters off), ``sft`` or ``ppo`` (the final checkpoint)."""
+        """Greedy replies of ``base`` (adapters off), ``sft`` (the ``reference`` adapter) or ``ppo``
+        (the final checkpoint in the ``policy`` adapter), decoded as notebook 05 decodes them."""
         from rlhf_helpers.generation import DecodeSettings, generate_responses
-        from rlhf_helpers.ppo_stage import greedy_replies
 
+        if name not in POLICIES:
+            raise ValueError(f"unknown policy {name!r}; choose one of {POLICIES}")
+        settings = DecodeSettings(max_new_tokens=self.cfg.max_new_tokens)
+        kwargs = dict(batch_size=self.batch_size, max_source_length=self.trainer.max_source_length)
         if name == "base":
             with self.model.disable_adapter():
-                return generate_responses(
-                    self.model,
-                    self.tokenizer,
-                    prompts,
-                    DecodeSettings(max_new_tokens=self.cfg.max_new_tokens),
-                    max_source_length=self.trainer.max_source_length,
-                )
+                return generate_responses(self.model, self.tokenizer, prompts, settings, **kwargs)
         if name == "ppo":
             self.use_final()
-        elif name != "sft":
-            raise ValueError(f"unknown policy {name!r}; choose one of {POLICIES}")
-        return greedy_replies(
-            self.trainer, prompts, "policy" if name == "ppo" else "reference", self.cfg.max_new_tokens
-        )
+        self.model.set_adapter("policy" if name == "ppo" else "reference")
+        try:
+            return generate_responses(self.model, self.tokenizer, prompts, settings, **kwargs)
+        finally:
+            self.model.set_adapter("policy")  # what the trainer's rollout samples from
 
 
 def ensure_ppo(preset: str, ppo_dir: str | Path | None = None, progress: bool = True) -> Path:
@@ -349,8 +350,18 @@ def load_policies(preset: str | None = None, ppo_dir: str | Path | None = None, 
         "reward": _reward_digest(reward_dir),
         "ppo": _file_digest(_adapter_file(final)),
     }
+    batch_size = 256 if get_preset(preset).hub_name is None else 32
     return Policies(
-        trainer, preset, sft_dir, reward_dir, ppo_dir, reward_model, cfg, str(_adapter_file(sft_dir)), digests
+        trainer,
+        preset,
+        sft_dir,
+        reward_dir,
+        ppo_dir,
+        reward_model,
+        cfg,
+        str(_adapter_file(sft_dir)),
+        digests,
+        batch_size,
     )
 
 
@@ -453,6 +464,7 @@ def compare_policies(
         policies.digests,
         prompts,
         policies.cfg.max_new_tokens,
+        policies.batch_size,  # batching pads differently: greedy ties could break differently
         repr(judge),
     )
     cache = evaluation_dir() / f"comparison_{key}.json"
@@ -463,7 +475,9 @@ def compare_policies(
         for name in tqdm(POLICIES, desc="policies", disable=not progress, leave=False):
             replies = policies.replies(name, prompts)
             saved["replies"][name] = replies
-            saved["rm_scores"][name] = list(policies.reward_model.score(prompts, replies))
+            saved["rm_scores"][name] = list(
+                policies.reward_model.score(prompts, replies, batch_size=policies.batch_size)
+            )
             saved["gold_scores"][name] = judge.score(prompts, replies).total.tolist()
         if use_cache:
             atomic_write_json(cache, saved)
@@ -713,6 +727,7 @@ def overoptimisation_points(
             policies.digests["base"],
             prompts,
             sampling,
+            policies.batch_size,  # the random draws depend on how the prompts are batched
             repr(judge),
             course_seed(),
         )
@@ -721,7 +736,7 @@ def overoptimisation_points(
             point = KLPoint(**{k: v for k, v in read_json(cache).items() if k != "sqrt_kl"})
         else:
             policies.use_weights(cand.adapter)
-            point, _ = sample_kl_point(policies.trainer, prompts, judge, cand.label)
+            point, _ = sample_kl_point(policies.trainer, prompts, judge, cand.label, batch_size=policies.batch_size)
             if use_cache:
                 atomic_write_json(cache, asdict(point) | _identity(cand))
         points.append(KLPoint(**(asdict(point) | _identity(cand))))
