@@ -50,6 +50,7 @@ class RewardConfig:
     learning_rate: float = 3e-3
     num_epochs: float = 2  # tiny: 2 passes reach ~0.90 held-out accuracy in about 100 s on 2 CPU cores
     batch_size: int = 16
+    gradient_accumulation_steps: int = 1  # batches per optimizer step (same result, less memory)
     max_length: int = 160
     margin: float = 0.0  # optional fixed margin in the loss (trl's "margin" column)
     max_train_pairs: int | None = None  # subsample the training pairs (stated in the output when used)
@@ -64,7 +65,10 @@ def reward_defaults(backbone: str = "tiny", **overrides) -> RewardConfig:
         preset = get_preset(backbone)
         cfg = replace(cfg, max_length=preset.max_source_length + preset.max_target_length)
         if preset.hub_name is not None:
-            cfg = replace(cfg, learning_rate=2e-4, lora_r=16, lora_alpha=32, num_epochs=2, batch_size=8)
+            # 2 pairs x 4 accumulated = 8 per step. Measured (benchmarks/gpu_stages.py): 8 pairs of 640 tokens
+            # at once need 36 GiB on flan-t5-base in fp32, far over a free Colab T4's 15 GiB; 2 at a time fit.
+            cfg = replace(cfg, learning_rate=2e-4, lora_r=16, lora_alpha=32, num_epochs=2)
+            cfg = replace(cfg, batch_size=2, gradient_accumulation_steps=4)
     else:  # a pretrained encoder such as MiniLM: 22M parameters, slow on a CPU, so one pass on 600 pairs
         cfg = replace(
             cfg,
@@ -284,12 +288,14 @@ def train_reward_model(cfg: RewardConfig, train_ds, eval_ds=None, progress: bool
     train_features = preference_features(train_ds, tokenizer, cfg)
     eval_features = preference_features(eval_ds, tokenizer, cfg) if eval_ds is not None else None
     # batch_size is per process (the Trainer's convention): N processes take N batches per step.
-    steps_per_epoch = max(math.ceil(len(train_features) / (cfg.batch_size * num_processes())), 1)
+    pairs_per_step = cfg.batch_size * cfg.gradient_accumulation_steps * num_processes()
+    steps_per_epoch = max(math.ceil(len(train_features) / pairs_per_step), 1)
     with tempfile.TemporaryDirectory() as scratch:
         args = TrlRewardConfig(
             output_dir=scratch,
             per_device_train_batch_size=cfg.batch_size,
-            per_device_eval_batch_size=64,
+            gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+            per_device_eval_batch_size=max(64 // cfg.gradient_accumulation_steps, 8),
             learning_rate=cfg.learning_rate,
             num_train_epochs=cfg.num_epochs,
             lr_scheduler_type="linear",

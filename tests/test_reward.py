@@ -49,9 +49,12 @@ def test_trained_head_is_saved_and_reload_gives_identical_scores(tmp_path):
     from rlhf_helpers.data_prep import load_split
     from rlhf_helpers.reward import load_reward_model, reward_defaults, train_reward_model
 
-    cfg = reward_defaults("tiny", num_epochs=1, max_train_pairs=64)
+    # 64 pairs, 8 per batch, 2 batches accumulated per optimizer step -> 4 steps (the memory-saving path
+    # that the hub presets use on small GPUs)
+    cfg = reward_defaults("tiny", num_epochs=1, max_train_pairs=64, batch_size=8, gradient_accumulation_steps=2)
     result = train_reward_model(cfg, load_split("pref_train"), None, progress=False)
     assert result.n_train == 64 and result.subsampled_from > 64
+    assert result.log_history[-1]["step"] == 4
     path = result.reward_model.save(tmp_path / "rm")
     with safe_open(path / "adapter_model.safetensors", "pt") as f:
         assert any("classification_head" in k for k in f.keys())  # modules_to_save did its job
