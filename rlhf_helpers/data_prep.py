@@ -28,14 +28,18 @@ SPLIT_FILES = {
 
 
 def load_course_data(folder: str | Path | None = None) -> dict:
-    """The four committed files as validated ``datasets.Dataset`` objects."""
+    """The data files as validated ``datasets.Dataset`` objects: ``sft``, ``preferences`` and ``eval``
+    are required; ``seed_format`` (the seed project's unlabelled pairs, used by the judger notebook) is
+    loaded when present, so a learner's own data folder needs only the three training files."""
     folder = Path(folder or data_dir())
-    return {
+    data = {
         "sft": load_records(folder / DATA_FILES["sft"], "sft"),
         "preferences": load_records(folder / DATA_FILES["preferences"], "preferences"),
         "eval": load_records(folder / DATA_FILES["eval"], "eval"),
-        "seed_format": load_records(folder / DATA_FILES["seed_format"], "preferences"),
     }
+    if (folder / DATA_FILES["seed_format"]).exists():
+        data["seed_format"] = load_records(folder / DATA_FILES["seed_format"], "preferences")
+    return data
 
 
 def _bucket(prompt: str, seed: int) -> float:

@@ -139,3 +139,18 @@ def test_validation_writes_nothing(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [GOOD])
     validate_rows(path, "sft")
     assert [p.name for p in tmp_path.iterdir()] == ["d.jsonl"]
+
+
+def test_own_data_folder_needs_only_the_three_training_files(tmp_path):
+    """A learner's RLHF_DATA_DIR holds sft/preferences/eval; the seed-format file is optional."""
+    import shutil
+
+    from rlhf_helpers.config import data_dir
+    from rlhf_helpers.data_prep import load_course_data
+
+    for name in ("sft.jsonl", "preferences.jsonl", "eval.jsonl"):
+        shutil.copy(data_dir() / name, tmp_path / name)
+    data = load_course_data(tmp_path)
+    assert set(data) == {"sft", "preferences", "eval"}
+    assert len(data["sft"]) > 0 and len(data["eval"]) > 0
+    assert "seed_format" in load_course_data()  # the course folder still has it
