@@ -590,7 +590,7 @@ def _sem(values: Sequence[float]) -> float:
 
 
 def gold_peak(points: Sequence[KLPoint]) -> KLPoint:
-    """The point with the highest gold score (the first one on a tie): where Goodhart's law starts
+    """The point with the highest gold score (on a tie, the one nearer SFT): where Goodhart's law starts
     to bite, if the curve turns down after it."""
     if not points:
         raise ValueError("no points")
