@@ -650,19 +650,12 @@ def checkpoint_candidates(policies: Policies) -> list[_Candidate]:
     return out
 
 
-def _train_prompts() -> list[str]:
-    # The PPO stage's prompt set (ppo_stage.run_ppo_stage builds it the same way).
-    from rlhf_helpers.data_prep import load_split
-
-    return list(dict.fromkeys(list(load_split("sft_train")["prompt"]) + list(load_split("pref_train")["prompt"])))
-
-
 def sweep_candidates(policies: Policies, needed: int, progress: bool = True) -> list[_Candidate]:
     """``needed`` short PPO runs from the SFT policy with a fixed beta each (strongest penalty first),
     trained once and cached under ``<artifacts>/evaluation/sweep/``: more KL levels when the main
     run saved too few checkpoints. A cached run is reused only if its config and SFT start match."""
     from rlhf_helpers.ppo import PPOTrainer, load_policy_and_reference
-    from rlhf_helpers.ppo_stage import ppo_defaults
+    from rlhf_helpers.ppo_stage import ppo_defaults, train_prompts
     from rlhf_helpers.presets import model_path
 
     out = []
@@ -677,7 +670,7 @@ def sweep_candidates(policies: Policies, needed: int, progress: bool = True) -> 
                 model,
                 policies.tokenizer,
                 policies.reward_model.score,
-                _train_prompts(),
+                train_prompts(),
                 cfg,
                 max_source_length=policies.trainer.max_source_length,
             )

@@ -29,6 +29,14 @@ def ppo_defaults(preset: str = "tiny", **overrides) -> PPOConfig:
     return replace(cfg, **overrides)
 
 
+def train_prompts() -> list[str]:
+    """The prompts PPO samples from: every distinct training prompt of SFT and of the preference pairs
+    (the held-out eval prompts are never trained on)."""
+    from rlhf_helpers.data_prep import load_split
+
+    return list(dict.fromkeys(list(load_split("sft_train")["prompt"]) + list(load_split("pref_train")["prompt"])))
+
+
 def default_ppo_dir() -> Path:
     return artifacts_dir() / "ppo"
 
@@ -96,15 +104,13 @@ def run_ppo_stage(
     # builds the tiny base and writes the splits (first), then saves, evaluates and records (once).
     with main_process_first():
         base_path = model_path(preset)
-        train_prompts = list(
-            dict.fromkeys(list(load_split("sft_train")["prompt"]) + list(load_split("pref_train")["prompt"]))
-        )
+        prompts_for_training = train_prompts()
         prompts = list(load_split("eval")["prompt"])
     model = load_policy_and_reference(sft_dir, base_path)
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     reward_model = load_reward_model(reward_dir)
     max_source = get_preset(preset).max_source_length
-    trainer = PPOTrainer(model, tokenizer, reward_model.score, train_prompts, cfg, max_source_length=max_source)
+    trainer = PPOTrainer(model, tokenizer, reward_model.score, prompts_for_training, cfg, max_source_length=max_source)
     if resume_from:
         trainer.load_checkpoint(resume_from)
     start = time.perf_counter()
