@@ -47,8 +47,8 @@ class RewardConfig:
     use_lora: bool = True
     lora_r: int = 32
     lora_alpha: int = 32
-    learning_rate: float = 3e-3
-    num_epochs: float = 2  # tiny: 2 passes reach ~0.90 held-out accuracy in about 100 s on 2 CPU cores
+    learning_rate: float = 5e-3  # tiny, 2 epochs: held-out accuracy 0.924 (3e-3 gave 0.89-0.90, too close to 0.90)
+    num_epochs: float = 2  # tiny: 2 passes, about 85 s on 2 CPU cores
     batch_size: int = 16
     gradient_accumulation_steps: int = 1  # batches per optimizer step (same result, less memory)
     max_length: int = 160
@@ -145,20 +145,28 @@ def _family(model_or_config) -> str:
     return config.model_type
 
 
+def _classifier_backbone(path: str):
+    """The backbone with a fresh one-output head. transformers reports that head as "newly initialized"
+    (or "MISSING" when an adapter holds it): expected either way, so the report is silenced."""
+    from transformers import AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_backbone(cfg: RewardConfig):
     """(sequence-classification model with one output, tokenizer) for ``cfg.backbone``."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
+    from transformers import AutoTokenizer
 
     path = backbone_path(cfg.backbone)
     torch.manual_seed(cfg.seed)  # the new head's initialisation
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # "classification_head ... newly initialized": expected, it is what we train
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    model = _classifier_backbone(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -242,7 +250,7 @@ def load_reward_model(path: str | Path | None = None) -> RewardModel:
         )
     cfg = RewardConfig(**json.loads((path / "reward_config.json").read_text()))
     if cfg.use_lora:
-        base = AutoModelForSequenceClassification.from_pretrained(backbone_path(cfg.backbone), num_labels=1)
+        base = _classifier_backbone(backbone_path(cfg.backbone))  # the head's weights come with the adapter
         tokenizer = AutoTokenizer.from_pretrained(path)
         if base.config.pad_token_id is None:
             base.config.pad_token_id = tokenizer.pad_token_id
