@@ -29,8 +29,15 @@ def leftovers(folder: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory):
-    """`python -m rlhf_helpers sft` on 2 processes, 1 epoch (on a fresh RLHF_CACHE the main process
-    builds the tiny base first while the other waits)."""
+    """`python -m rlhf_helpers sft` on 2 processes, 1 epoch.
+
+    The tiny base is built here first, in this process, as any learner's first notebook would: torchrun
+    sets OMP_NUM_THREADS=1 in the launched processes, and a base pretrained with another thread count
+    has (slightly) different weights, which would change every later notebook's numbers in this suite.
+    (On a fresh cache the launched main process builds it while the other waits; checked by hand.)"""
+    from rlhf_helpers.tiny_model import tiny_model_dir
+
+    tiny_model_dir(progress=False)
     root = tmp_path_factory.mktemp("accelerate")
     out = root / "artifacts" / "sft"
     result = accelerate_launch(
