@@ -354,6 +354,28 @@ def _random_degradation(rng: random.Random) -> dict[str, int]:
     return target
 
 
+#: An experiment, off in the committed data: how often the support team's demonstrations (the SFT
+#: data) fall short, e.g. ``{"next_step": 0.6, "concise": 0.3}``: 60% of the replies end in a vague
+#: promise instead of the concrete step, 30% carry a filler line, while facts and tone stay right.
+#: That is the situation of Stiennon et al. 2020 (labellers preferred RLHF summaries to the human
+#: references): SFT imitates its demonstrations, habits included, and the preference pairs let RL go
+#: beyond them. Measured once with the rates above (see the PPO issue's note): the gold win rate of
+#: PPO over SFT rose from 0.40 to 0.66-0.84, but held-out ROUGE-L of SFT against the (reference
+#: quality) evaluation replies fell from 0.50 to 0.31 and the reward model on a base pretrained
+#: with those demonstrations lost about 0.04 of accuracy.
+DEFAULT_DEMO_FLAW_RATES: dict[str, float] = {}
+
+
+def demonstration_target(rng: random.Random, flaw_rates: dict[str, float]) -> dict[str, int]:
+    """Rubric scores of one team-written demonstration: each criterion in ``flaw_rates`` drops
+    from 2 to 1 with its probability."""
+    target = {c: MAX_CRITERION_SCORE for c in CRITERIA}
+    for criterion, rate in flaw_rates.items():
+        if rng.random() < rate:
+            target[criterion] = MAX_CRITERION_SCORE - 1
+    return target
+
+
 def _order_numbers(rng: random.Random, n: int) -> list[str]:
     """Distinct order numbers: they make every prompt unique, so splits by prompt cannot leak."""
     return [str(x) for x in rng.sample(range(10000, 99999), n)]
@@ -385,15 +407,26 @@ def generate_course_dataset(
     pairs_per_prompt: tuple[int, int] = (2, 3),
     n_eval: int = 250,
     n_seed_format: int = 300,
+    demo_flaw_rates: dict[str, float] | None = None,
 ) -> CourseDataset:
-    """Build every split from one seed. Splits use disjoint tickets (distinct order numbers)."""
+    """Build every split from one seed. Splits use disjoint tickets (distinct order numbers).
+    ``demo_flaw_rates``: see :data:`DEFAULT_DEMO_FLAW_RATES` (default: reference-quality demonstrations)."""
+    flaw_rates = DEFAULT_DEMO_FLAW_RATES if demo_flaw_rates is None else demo_flaw_rates
     rng = random.Random(seed)
     orders = iter(_order_numbers(rng, n_sft + n_pref_prompts + n_eval + n_seed_format))
 
+    # Each ticket gets a reference-quality reply; the demonstration is that reply unless the agent
+    # fell into one of the team's habits (demo_flaw_rates). The habits come from their own random
+    # stream, so the other splits do not depend on how often the team falls short.
+    demo_rng = random.Random(f"demonstrations-{seed}")
     sft = []
     for _ in range(n_sft):
         t = _make_ticket(rng, next(orders))
-        sft.append({"prompt": t.prompt, "response": make_response(rng, t).text, "issue": t.issue})
+        demo = make_response(rng, t)
+        target = demonstration_target(demo_rng, flaw_rates)
+        if target != demo.scores:
+            demo = make_response(demo_rng, t, target)
+        sft.append({"prompt": t.prompt, "response": demo.text, "issue": t.issue})
 
     preferences = []
     for _ in range(n_pref_prompts):

@@ -14,7 +14,9 @@ So we rebuild the two ingredients of Flan-T5 in miniature:
    Note: we ask for an untied LM head like Flan-T5's, but transformers 5 ties T5's head to the
    input embeddings when it builds the model, so the tiny model's head is tied.
 
-Everything is deterministic given the seed and cached under ``RLHF_CACHE``.
+Everything is deterministic given the seed and cached under ``RLHF_CACHE``. The build runs on a
+fixed number of CPU threads (``BUILD_THREADS``): float sums depend on how the work is split, so a
+build on one thread (``torchrun`` sets ``OMP_NUM_THREADS=1``) would otherwise give other weights.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from rlhf_helpers.io_utils import atomic_write_dir, atomic_write_json, read_json
 #: Bump when the build recipe changes so stale caches are not reused.
 BUILD_VERSION = 3
 N_SENTINELS = 100
+#: CPU threads of every build, whatever the machine has: the same seed gives the same weights.
+BUILD_THREADS = 2
 
 
 @dataclass(frozen=True)
@@ -274,14 +278,19 @@ def build_tiny(out_dir: Path, recipe: TinyRecipe = TinyRecipe(), progress: bool 
 
     t0 = time.perf_counter()
     fast_cpu_math()
-    torch.manual_seed(recipe.seed)
-    tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(recipe))
-    model = T5ForConditionalGeneration(tiny_config(recipe, len(tokenizer)))
-    # T5 initialises the embedding/LM-head matrix with std 1.0, which starts training at a loss
-    # near 20; scaling it by d_model ** -0.5 saves a third of our short pretraining budget.
-    with torch.no_grad():
-        model.lm_head.weight.mul_(recipe.d_model**-0.5)
-    losses = pretrain(model, tokenizer, pretraining_documents(), recipe, progress=progress)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(BUILD_THREADS)
+    try:
+        torch.manual_seed(recipe.seed)
+        tokenizer = AutoTokenizer.from_pretrained(tiny_tokenizer_dir(recipe))
+        model = T5ForConditionalGeneration(tiny_config(recipe, len(tokenizer)))
+        # T5 initialises the embedding/LM-head matrix with std 1.0, which starts training at a loss
+        # near 20; scaling it by d_model ** -0.5 saves a third of our short pretraining budget.
+        with torch.no_grad():
+            model.lm_head.weight.mul_(recipe.d_model**-0.5)
+        losses = pretrain(model, tokenizer, pretraining_documents(), recipe, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
     info = {
         "recipe": asdict(recipe),
         "build_version": BUILD_VERSION,

@@ -62,3 +62,29 @@ def test_seed_format_rows_are_real_pairs():
         assert set(row) == {"prompt", "human_answer", "machine_answer"}
         assert row["human_answer"] != row["machine_answer"]
     json.dumps(row)
+
+
+def test_demonstration_habits_are_an_opt_in_that_leaves_other_splits_alone():
+    """``demo_flaw_rates`` makes SFT demonstrations vague or padded (the committed data has none), and
+    how often must not change the other splits."""
+    import rlhf_helpers.course_data as cd
+    from rlhf_helpers.judger import gold_judge
+
+    rates = {"next_step": 0.6, "concise": 0.3}
+    sizes = dict(seed=0, n_sft=300, n_pref_prompts=30, n_eval=30, n_seed_format=10)
+    flawed = cd.generate_course_dataset(**sizes, demo_flaw_rates=rates)
+    vague = sum(any(v in r["response"] for v in cd.VAGUE_STEPS) for r in flawed.sft) / 300
+    filler = sum(any(f in r["response"] for f in cd.FILLER) for r in flawed.sft) / 300
+    assert abs(vague - rates["next_step"]) < 0.1 and abs(filler - rates["concise"]) < 0.1
+    for row in flawed.sft:  # every demonstration still greets the ticket's customer
+        name = row["prompt"].split("Customer: ")[1].split(".")[0]
+        assert row["response"].split(",")[0].endswith(name), row
+    judge = gold_judge()
+    ref = judge.score([r["prompt"] for r in flawed.eval], [r["reference"] for r in flawed.eval]).total
+    demo = judge.score([r["prompt"] for r in flawed.sft], [r["response"] for r in flawed.sft]).total
+    assert demo.mean() < ref.mean()  # the gold judge sees the habits
+
+    clean = cd.generate_course_dataset(**sizes)
+    assert not any(any(v in r["response"] for v in cd.VAGUE_STEPS) for r in clean.sft)
+    assert [r["prompt"] for r in clean.sft] == [r["prompt"] for r in flawed.sft]
+    assert (clean.preferences, clean.eval, clean.seed_format) == (flawed.preferences, flawed.eval, flawed.seed_format)

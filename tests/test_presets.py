@@ -24,6 +24,29 @@ def test_same_seed_gives_identical_weights_and_other_seed_does_not(tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_build_runs_on_fixed_threads_and_restores_the_callers(tmp_path, monkeypatch):
+    """Float sums depend on how work is split across threads: a build on 1 thread (torchrun's
+    OMP_NUM_THREADS=1) gave other weights than on 2, so every build uses BUILD_THREADS."""
+    from rlhf_helpers import tiny_model
+
+    seen = []
+    real_pretrain = tiny_model.pretrain
+
+    def recording_pretrain(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real_pretrain(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_model, "pretrain", recording_pretrain)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        build_tiny(tmp_path / "one", SMALL, progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [tiny_model.BUILD_THREADS]
+
+
 def test_tokenizer_has_flan_t5_layout():
     tok = train_tokenizer(corpus_texts(), 2000)
     assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
