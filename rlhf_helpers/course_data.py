@@ -354,16 +354,15 @@ def _random_degradation(rng: random.Random) -> dict[str, int]:
     return target
 
 
-#: An experiment, off in the committed data: how often the support team's demonstrations (the SFT
-#: data) fall short, e.g. ``{"next_step": 0.6, "concise": 0.3}``: 60% of the replies end in a vague
-#: promise instead of the concrete step, 30% carry a filler line, while facts and tone stay right.
-#: That is the situation of Stiennon et al. 2020 (labellers preferred RLHF summaries to the human
-#: references): SFT imitates its demonstrations, habits included, and the preference pairs let RL go
-#: beyond them. Measured once with the rates above (see the PPO issue's note): the gold win rate of
-#: PPO over SFT rose from 0.40 to 0.66-0.84, but held-out ROUGE-L of SFT against the (reference
-#: quality) evaluation replies fell from 0.50 to 0.31 and the reward model on a base pretrained
-#: with those demonstrations lost about 0.04 of accuracy.
-DEFAULT_DEMO_FLAW_RATES: dict[str, float] = {}
+#: How often the support team's demonstrations (the SFT data) fall short of the reference: 70% carry
+#: a line of corporate filler ("We always value our customers and their experience."), a real habit
+#: of support logs; facts, next step and tone are right. This is the situation of Stiennon et al.
+#: 2020, whose labellers preferred RLHF summaries to the human reference summaries: SFT imitates its
+#: demonstrations, habits included, while the preference pairs say that filler makes a reply worse,
+#: so RL has room to go beyond imitation. Other habits can be switched on for experiments, e.g.
+#: ``{"next_step": 0.6}`` (vague promises), which gave a larger PPO gain but dragged SFT's ROUGE-L
+#: against the reference replies down to 0.31.
+DEFAULT_DEMO_FLAW_RATES: dict[str, float] = {"concise": 0.7}
 
 
 def demonstration_target(rng: random.Random, flaw_rates: dict[str, float]) -> dict[str, int]:
@@ -410,7 +409,7 @@ def generate_course_dataset(
     demo_flaw_rates: dict[str, float] | None = None,
 ) -> CourseDataset:
     """Build every split from one seed. Splits use disjoint tickets (distinct order numbers).
-    ``demo_flaw_rates``: see :data:`DEFAULT_DEMO_FLAW_RATES` (default: reference-quality demonstrations)."""
+    ``demo_flaw_rates``: see :data:`DEFAULT_DEMO_FLAW_RATES` (``{}``: reference-quality demonstrations)."""
     flaw_rates = DEFAULT_DEMO_FLAW_RATES if demo_flaw_rates is None else demo_flaw_rates
     rng = random.Random(seed)
     orders = iter(_order_numbers(rng, n_sft + n_pref_prompts + n_eval + n_seed_format))

@@ -64,9 +64,9 @@ def test_seed_format_rows_are_real_pairs():
     json.dumps(row)
 
 
-def test_demonstration_habits_are_an_opt_in_that_leaves_other_splits_alone():
-    """``demo_flaw_rates`` makes SFT demonstrations vague or padded (the committed data has none), and
-    how often must not change the other splits."""
+def test_demonstration_habits_leave_other_splits_alone():
+    """``demo_flaw_rates`` makes SFT demonstrations vague or padded (the committed data: 70% filler),
+    and how often must not change the other splits."""
     import rlhf_helpers.course_data as cd
     from rlhf_helpers.judger import gold_judge
 
@@ -84,7 +84,16 @@ def test_demonstration_habits_are_an_opt_in_that_leaves_other_splits_alone():
     demo = judge.score([r["prompt"] for r in flawed.sft], [r["response"] for r in flawed.sft]).total
     assert demo.mean() < ref.mean()  # the gold judge sees the habits
 
-    clean = cd.generate_course_dataset(**sizes)
-    assert not any(any(v in r["response"] for v in cd.VAGUE_STEPS) for r in clean.sft)
+    clean = cd.generate_course_dataset(**sizes, demo_flaw_rates={})
+    assert not any(any(v in r["response"] for v in cd.VAGUE_STEPS + cd.FILLER) for r in clean.sft)
     assert [r["prompt"] for r in clean.sft] == [r["prompt"] for r in flawed.sft]
     assert (clean.preferences, clean.eval, clean.seed_format) == (flawed.preferences, flawed.eval, flawed.seed_format)
+
+
+def test_committed_demonstrations_carry_the_teams_filler_habit():
+    import rlhf_helpers.course_data as cd
+
+    rows = read_jsonl(data_dir() / "sft.jsonl")
+    filler = sum(any(f in r["response"] for f in cd.FILLER) for r in rows) / len(rows)
+    assert abs(filler - cd.DEFAULT_DEMO_FLAW_RATES["concise"]) < 0.05
+    assert not any(any(v in r["response"] for v in cd.VAGUE_STEPS + cd.DEFLECTIONS) for r in rows)
