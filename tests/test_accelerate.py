@@ -31,13 +31,9 @@ def leftovers(folder: Path) -> list[Path]:
 def sft_run(tmp_path_factory):
     """`python -m rlhf_helpers sft` on 2 processes, 1 epoch.
 
-    The tiny base is built here first, in this process, as any learner's first notebook would: torchrun
-    sets OMP_NUM_THREADS=1 in the launched processes, and a base pretrained with another thread count
-    has (slightly) different weights, which would change every later notebook's numbers in this suite.
-    (On a fresh cache the launched main process builds it while the other waits; checked by hand.)"""
-    from rlhf_helpers.tiny_model import tiny_model_dir
-
-    tiny_model_dir(progress=False)
+    On a fresh cache the launched main process builds the tiny base while the other waits. torchrun
+    sets OMP_NUM_THREADS=1, but the build runs on ``tiny_model.BUILD_THREADS`` threads, so the base is
+    the one every later test and notebook would have built (checked: bit-identical weights)."""
     root = tmp_path_factory.mktemp("accelerate")
     out = root / "artifacts" / "sft"
     result = accelerate_launch(
