@@ -543,6 +543,7 @@ def main() -> None:
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
         device=gpu_name(),
         ppo_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "ppo.py").read_bytes()).hexdigest()[:16],
+        ppo_math_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "ppo_math.py").read_bytes()).hexdigest()[:16],
     )
     report = {"settings": settings, "shapes": {}}
     t_start = time.perf_counter()

@@ -552,7 +552,7 @@ def sample_kl_point(
     Returns the point (step 0, source 'checkpoint': callers fill in what they know) and the replies."""
     import torch
 
-    from rlhf_helpers.ppo import kl_k1
+    from rlhf_helpers.ppo_math import kl_k1
 
     torch.manual_seed(course_seed() if seed is None else seed)  # the same draws for every point
     saved_beta = trainer.kl_ctl.beta

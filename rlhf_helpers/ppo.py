@@ -1,4 +1,4 @@
-"""Stage 5, PPO for encoder-decoder policies — written to be read top to bottom.
+"""Stage 5, PPO for encoder-decoder policies — read ``ppo_math.py`` (the equations), then this file.
 
 The objective (Stiennon et al. 2020, eq. 2): maximise, over the policy pi,
 
@@ -27,7 +27,6 @@ forward that returns (logits, hidden) for the response positions; masks and loss
 from __future__ import annotations
 
 import json
-import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -37,6 +36,20 @@ import torch
 
 from rlhf_helpers.config import course_seed, fast_cpu_math
 from rlhf_helpers.distributed import ddp_accelerator, mean_over_processes
+from rlhf_helpers.ppo_math import (  # the equations, one small tested function each: read ppo_math.py first
+    AdaptiveKLController,
+    RunningMoments,
+    clipped_policy_loss,
+    clipped_value_loss,
+    entropy_from_logits,
+    gae,
+    gather_logprobs,
+    kl_k1,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    response_mask,
+)
 
 
 @dataclass
@@ -69,122 +82,6 @@ class PPOConfig:
     checkpoint_every: int = 20
     seed: int = 0
     extra: dict = field(default_factory=dict)
-
-
-# --------------------------------------------------------------------------- small, testable pieces
-
-
-def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for every generated token up to and including the first EOS, 0 after it.
-
-    The first token is always 1 (it is a real action of the policy), so an EOS-only reply is a
-    one-token reply, not an empty one. Replies without EOS are all ones.
-    """
-    is_eos = (responses == eos_token_id).int()
-    eos_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before position t
-    return (eos_before == 0).float()
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (unbiased variance, as in trl and the OpenAI code)."""
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1).clamp(min=1)
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
-    return whitened if shift_mean else whitened + mean
-
-
-def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
-    """Per-token KL estimate k1 = log pi(y_t) - log pi_ref(y_t) (Schulman's "Approximating KL").
-    Unbiased for KL(pi || pi_ref) under samples from pi; can be negative for a single token."""
-    return logprobs - ref_logprobs
-
-
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float):
-    """Generalised advantage estimation (Schulman et al. 2016, eq. 16), masked.
-
-    delta_t = r_t + gamma * V_{t+1} - V_t,   A_t = delta_t + gamma * lam * A_{t+1}.
-    Positions after the reply's end have mask 0: their value is 0, so the last real token
-    bootstraps from 0 (the episode ends there). Returns (advantages, returns = A + V).
-    """
-    values = values * mask
-    rewards = rewards * mask
-    advantages = torch.zeros_like(rewards)
-    last = torch.zeros(rewards.shape[0], device=rewards.device)
-    for t in reversed(range(rewards.shape[1])):
-        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else torch.zeros_like(last)
-        delta = rewards[:, t] + gamma * next_value - values[:, t]
-        last = (delta + gamma * lam * last) * mask[:, t]
-        advantages[:, t] = last
-    return advantages, advantages + values
-
-
-def per_token_rewards(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float) -> torch.Tensor:
-    """r_t = -beta * KL_t on every reply token, plus the reward-model score on the last one
-    (paper eq. 2 spread over tokens: summing r_t gives r(x, y) - beta * log pi/pi_SFT)."""
-    rewards = -beta * kl * mask
-    last = mask.sum(dim=1).long() - 1
-    rewards[torch.arange(len(scores)), last] += scores
-    return rewards
-
-
-def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: float):
-    """PPO's clipped surrogate (Schulman et al. 2017, eq. 7), as a loss to minimise:
-
-    L = E_t[ max(-A_t * rho_t, -A_t * clip(rho_t, 1 - eps, 1 + eps)) ],  rho_t = pi(y_t) / pi_old(y_t).
-    Returns (loss, ratio)."""
-    ratio = torch.exp(logprobs - old_logprobs)
-    clipped = ratio.clamp(1 - cliprange, 1 + cliprange)
-    return masked_mean(torch.max(-advantages * ratio, -advantages * clipped), mask), ratio
-
-
-def clipped_value_loss(values, old_values, returns, mask, cliprange_value: float):
-    """0.5 * E_t[ max((V - R)^2, (V_clip - R)^2) ], V_clip = V_old + clip(V - V_old, -eps_v, eps_v):
-    the value function may not move further than eps_v per update either (OpenAI's PPO2 code)."""
-    v_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
-
-
-class AdaptiveKLController:
-    """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon) (Ziegler et al. 2019)."""
-
-    def __init__(self, beta: float, target: float, horizon: int):
-        self.beta, self.target, self.horizon = beta, target, horizon
-
-    def update(self, kl: float, n_steps: int) -> None:
-        error = max(min(kl / self.target - 1, 0.2), -0.2)
-        self.beta *= 1 + error * n_steps / self.horizon
-
-
-class RunningMoments:
-    """Running mean/std of reward-model scores (parallel Welford), to normalise them."""
-
-    def __init__(self):
-        self.mean, self.var, self.count = 0.0, 1.0, 1e-4
-
-    def update(self, x: torch.Tensor) -> None:
-        batch_mean, batch_var, n = x.mean().item(), x.var(unbiased=False).item(), x.numel()
-        delta, total = batch_mean - self.mean, self.count + n
-        self.mean += delta * n / total
-        self.var = (self.var * self.count + batch_var * n + delta**2 * self.count * n / total) / total
-        self.count = total
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(max(self.var, 1e-8))
-
-
-def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-    """log softmax(logits)[token] without materialising the full log-softmax tensor."""
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-
-
-def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
 
 
 # --------------------------------------------------------------------------- the policy
@@ -268,7 +165,6 @@ class PPOTrainer:
         self.step_idx, self.history, self.samples = 0, [], []
         self.skipped_batches = 0
 
-    # ---- helpers
     def _use_adapter(self, name: str) -> None:
         self.model.set_adapter(name)  # peft: also makes only this adapter's weights trainable
         # Encoder LoRA frozen (default): policy and reference share one encoder output per batch.
@@ -423,14 +319,8 @@ class PPOTrainer:
             self.kl_ctl.update(record["kl"], cfg.batch_size * self.world)
         record = {"step": self.step_idx, **record, "beta": self.kl_ctl.beta}
         self.history.append(record)
-        self.samples.append(
-            {
-                "step": self.step_idx,
-                "prompt": prompts[0],
-                "reply": ro["replies"][0],
-                "reward": ro["raw_scores"][0].item(),
-            }
-        )
+        sample = {"prompt": prompts[0], "reply": ro["replies"][0], "reward": ro["raw_scores"][0].item()}
+        self.samples.append({"step": self.step_idx, **sample})
         self.step_idx += 1
         return record
 

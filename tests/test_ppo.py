@@ -6,17 +6,8 @@ import math
 import pytest
 import torch
 
-from rlhf_helpers.ppo import (
-    PPOConfig,
-    PPOTrainer,
-    gae,
-    kl_k1,
-    load_policy_and_reference,
-    masked_mean,
-    masked_whiten,
-    per_token_rewards,
-    response_mask,
-)
+from rlhf_helpers.ppo import PPOConfig, PPOTrainer, load_policy_and_reference
+from rlhf_helpers.ppo_math import gae, kl_k1, masked_mean, masked_whiten, per_token_rewards, response_mask
 
 
 def test_response_mask_trains_the_first_token_and_stops_after_eos():
