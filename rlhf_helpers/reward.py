@@ -54,9 +54,11 @@ class RewardConfig:
     max_length: int = 160
     margin: float = 0.0  # optional fixed margin in the loss (trl's "margin" column)
     max_train_pairs: int | None = None  # subsample the training pairs (stated in the output when used)
-    # Recompute activations in the backward pass instead of storing them: less memory, ~50% more compute.
-    # trl turns it on by default; the tiny preset fits easily without it (its RM trains ~35% faster).
-    gradient_checkpointing: bool = False
+    # Recompute activations in the backward pass instead of storing them: less memory, ~50% more compute (trl's
+    # default, kept). The tiny preset fits without it and trains in 65 s instead of 108 s, but floating-point sums
+    # then differ and give another RM: held-out accuracy 0.930 (vs 0.917), yet a weaker PPO target on the course data
+    # (gold win rate of PPO over SFT 0.746 and 0.58 for PPO seeds 0 and 1, vs 0.908, 0.992 and 0.888 with it on).
+    gradient_checkpointing: bool = True
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -71,7 +73,7 @@ def reward_defaults(backbone: str = "tiny", **overrides) -> RewardConfig:
             # 2 pairs x 4 accumulated = 8 per step. Measured (benchmarks/gpu_stages.py): 8 pairs of 640 tokens
             # at once need 36 GiB on flan-t5-base in fp32, far over a free Colab T4's 15 GiB; 2 at a time fit.
             cfg = replace(cfg, learning_rate=2e-4, lora_r=16, lora_alpha=32, num_epochs=2)
-            cfg = replace(cfg, batch_size=2, gradient_accumulation_steps=4, gradient_checkpointing=True)
+            cfg = replace(cfg, batch_size=2, gradient_accumulation_steps=4)
     else:  # a pretrained encoder such as MiniLM: 22M parameters, slow on a CPU, so one pass on 600 pairs
         cfg = replace(
             cfg,
