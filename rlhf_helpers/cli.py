@@ -309,4 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in ("run", "validate"):  # the commands that compute in this process
+        # First, before any tensor work: CPU threads started later inherit the flush-to-zero mode, as in
+        # the notebooks (their CONFIG cell calls set_seed first), so a stage gives the same numbers both ways.
+        from rlhf_helpers.config import fast_cpu_math
+
+        fast_cpu_math()
     return args.func(args)
