@@ -94,13 +94,6 @@ def rss_mb() -> tuple[float, float]:
     return vals["VmRSS"], vals["VmHWM"]
 
 
-def gpu_name() -> str:
-    """The CUDA device the workers will use, or "cpu" (asked in a subprocess: the parent imports no torch)."""
-    probe = "import torch; print(torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu')"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    return out.stdout.strip() or "cpu"
-
-
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux >= 4.0). False if not allowed."""
     try:
@@ -541,7 +534,6 @@ def main() -> None:
         dtype="float32",
         load_average=os.getloadavg(),
         date=time.strftime("%Y-%m-%d %H:%M:%S"),
-        device=gpu_name(),
         ppo_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "ppo.py").read_bytes()).hexdigest()[:16],
         ppo_math_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "ppo_math.py").read_bytes()).hexdigest()[:16],
     )
@@ -595,6 +587,9 @@ def main() -> None:
     finally:
         if args.workdir is None:
             shutil.rmtree(workdir, ignore_errors=True)
+    # where the workers trained: each GPU worker records its device (CPU workers record none)
+    devices = [s["device"] for d in report["shapes"].values() for s in d["summary"].values() if "device" in s]
+    settings["device"] = devices[0] if devices else "cpu"
     report["total_wall_s"] = time.perf_counter() - t_start
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
