@@ -41,10 +41,10 @@ from rlhf_helpers.ppo_math import (  # the equations, one small tested function 
     RunningMoments,
     clipped_policy_loss,
     clipped_value_loss,
-    entropy_from_logits,
     gae,
     gather_logprobs,
     kl_k1,
+    logprobs_and_entropy,
     masked_mean,
     masked_whiten,
     per_token_rewards,
@@ -216,14 +216,14 @@ class PPOTrainer:
         start = self.model.config.decoder_start_token_id
         with torch.no_grad():
             logits, hidden = forward_policy(self.model, encoder_out, batch.attention_mask, responses, start)
-            logprobs = gather_logprobs(logits, responses)
-            entropy = masked_mean(entropy_from_logits(logits), mask)
+            logprobs, entropy = logprobs_and_entropy(logits, responses)  # reply by reply: less memory
+            entropy = masked_mean(entropy, mask)
             values = self.value_head(hidden)
             del logits
             if self.kl_ctl.beta > 0:  # the reference pass is only needed when the KL term is used
                 self._use_adapter("reference")
                 ref_logits, _ = forward_policy(self.model, encoder_out, batch.attention_mask, responses, start)
-                ref_logprobs = gather_logprobs(ref_logits, responses)
+                ref_logprobs, _ = logprobs_and_entropy(ref_logits, responses, entropy=False)
                 self._use_adapter("policy")
                 del ref_logits
             else:

@@ -123,11 +123,40 @@ class RunningMoments:
         return math.sqrt(max(self.var, 1e-8))
 
 
+class _TokenLogprob(torch.autograd.Function):
+    """z_y - logsumexp(z) with a hand-written backward, d/dz = onehot(y) - softmax(z).
+
+    Same numbers as autograd to the last bit (the same float operations, added in an order that
+    does not matter), but one vocabulary-sized buffer in the backward where autograd's chain
+    (gather, logsumexp, sub) allocates four: with a 32k vocabulary that is most of a PPO update's
+    memory beyond the model (``benchmarks/ppo_step.py``)."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        lse = torch.logsumexp(logits, dim=-1)
+        ctx.save_for_backward(logits, tokens, lse)
+        return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        logits, tokens, lse = ctx.saved_tensors
+        grad_logits = (logits - lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))  # -g * softmax(z)
+        return grad_logits.scatter_add_(-1, tokens.unsqueeze(-1), grad.unsqueeze(-1)), None  # + g at y
+
+
 def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """log softmax(logits)[token] without materialising the full log-softmax tensor."""
-    return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return _TokenLogprob.apply(logits, tokens)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     p = torch.softmax(logits, dim=-1)
     return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+
+
+def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, entropy: bool = True):
+    """(log pi(y_t), entropy_t or None) of a whole batch, one reply at a time (for the no-grad rollout
+    passes): the vocabulary-sized temporaries then exist for one reply, not for the whole batch.
+    Row by row gives the same numbers as the whole batch at once."""
+    logprobs = torch.stack([gather_logprobs(z, y) for z, y in zip(logits, tokens)])
+    return logprobs, torch.stack([entropy_from_logits(z) for z in logits]) if entropy else None
