@@ -8,7 +8,8 @@ Each function is one formula with its source, written on whole batches of replie
 * ``gae``: generalised advantage estimation (Schulman et al. 2016);
 * ``clipped_policy_loss`` and ``clipped_value_loss``: PPO's clipped objectives (Schulman et al. 2017);
 * ``AdaptiveKLController``: the adaptive beta of Ziegler et al. 2019;
-* ``masked_whiten``, ``RunningMoments``, ``gather_logprobs``, ``entropy_from_logits``: the plumbing.
+* ``masked_whiten``, ``RunningMoments``, ``gather_logprobs``, ``entropy_from_logits``,
+  ``logprobs_and_entropy``: the plumbing (``gather_logprobs`` with a memory-saving backward).
 
 Nothing here knows about models, so the same functions serve encoder-decoder and decoder-only policies.
 """
