@@ -381,8 +381,12 @@ def evaluate_reward_model(rm: RewardModel, ds, seed: int = 0, n_bins: int = 10) 
             )
     ece = sum(abs(c["predicted"] - c["observed"]) * c["count"] for c in calibration) / len(prompts)
 
+    from rlhf_helpers.evaluation import bootstrap_ci  # the same percentile bootstrap as notebook 06's win rates
+
     metrics = {
         "accuracy": float(correct.mean()),
+        # ~150 held-out pairs measure accuracy to about +-0.025: resampling the pairs says how far
+        "accuracy_ci": list(bootstrap_ci(correct.astype(float), seed=seed)),
         "n_eval": len(prompts),
         "length_baseline_accuracy": float(length_baseline.mean()),
         "mean_margin": float(margins.mean()),
