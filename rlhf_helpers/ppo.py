@@ -18,8 +18,8 @@ Design decisions (each fixes a known pain of trl 0.11.4's seq2seq PPO):
   checkpoint (trl #858/#1650/#2095).
 * Speed: the encoder's LoRA is frozen by default, so the encoder runs once per batch and its
   output is reused by generation, the old/reference passes and every PPO epoch; log-probs are
-  z_y - logsumexp(z), never a full log-softmax, with a one-buffer backward and reply by reply in
-  the no-grad passes (``ppo_math.gather_logprobs``); the reference pass is skipped when beta = 0.
+  z_y - logsumexp(z), never a full log-softmax, with a one-buffer backward (``gather_logprobs``), reply
+  by reply in the no-grad passes (``logprobs_and_entropy``); the reference pass is skipped when beta = 0.
 Only ``forward_policy`` knows the model is an encoder-decoder: a decoder-only policy needs a
 forward that returns (logits, hidden) for the response positions; masks and losses are shared.
 """

@@ -13,9 +13,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 # Progress bars in notebook kernels send a widget update per refresh; under nbval that flood of
 # iopub messages can delay a cell's output past nbval's 5 s wait. One refresh a second is plenty.
 os.environ.setdefault("TQDM_MININTERVAL", "1")
-# The notebooks under nbval also assert the course's measured targets (config.reference_checks): this
-# suite runs at the default seed on the reference CPU, where they hold (a learner's run need not).
-os.environ.setdefault("RLHF_REFERENCE_CHECKS", "1")
+# Notebook 03 under nbval also asserts the reward model's measured 0.90 target exactly (config.reference_checks):
+# it holds at the default seed on the reference CPU (another seed need not reach it, nor a learner's run).
+os.environ.setdefault("RLHF_REFERENCE_CHECKS", "1" if os.environ.get("RLHF_SEED", "0") == "0" else "0")
 
 REPO = Path(__file__).resolve().parent.parent
 
