@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_helpers.config import DEFAULT_SEED, course_seed
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -15,7 +17,7 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TQDM_MININTERVAL", "1")
 # Notebook 03 under nbval also asserts the reward model's measured 0.90 target exactly (config.reference_checks):
 # it holds at the default seed on the reference CPU (another seed need not reach it, nor a learner's run).
-os.environ.setdefault("RLHF_REFERENCE_CHECKS", "1" if os.environ.get("RLHF_SEED", "0") == "0" else "0")
+os.environ.setdefault("RLHF_REFERENCE_CHECKS", "1" if course_seed() == DEFAULT_SEED else "0")
 
 REPO = Path(__file__).resolve().parent.parent
 
