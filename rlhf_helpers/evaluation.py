@@ -546,9 +546,10 @@ def sample_kl_point(
     estimate KL(pi || pi_SFT) per reply: the sum over reply tokens of k1 = log pi(y_t) - log pi_SFT(y_t).
 
     This is exactly the quantity PPO's penalty and its logged ``kl`` use: log-probabilities of the
-    untempered policies, averaged over replies sampled at the training temperature. At temperature 1
-    its expectation is KL(pi || pi_SFT); at 0.7 it is the same measure of drift PPO controlled, so
-    the points line up with the training curves. For the SFT policy itself it is exactly 0.
+    untempered policies (of the tempered ones with ``tempered_logprobs``), averaged over replies sampled
+    at the training temperature. At temperature 1 (or tempered) its expectation is the KL between the
+    sampled policies; at 0.7 untempered it is the same measure of drift PPO controlled, so the points
+    line up with the training curves. For the SFT policy itself it is exactly 0.
     Returns the point (step 0, source 'checkpoint': callers fill in what they know) and the replies."""
     import torch
 
@@ -709,6 +710,7 @@ def overoptimisation_points(
         candidates += sweep_candidates(policies, min_points - len(candidates), progress)
     cfg = policies.cfg
     sampling = (cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, cfg.min_new_tokens)
+    sampling += (("tempered_logprobs",) if cfg.tempered_logprobs else ())  # its KL differs; default keys unchanged
     points = []
     for cand in tqdm(candidates, desc="KL points", disable=not progress, leave=False):
         key = _digest(

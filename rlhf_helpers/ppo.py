@@ -64,6 +64,9 @@ class PPOConfig:
     temperature: float = 0.7  # rollouts: a small policy samples nonsense at 1.0; eval is greedy
     top_k: int = 0
     top_p: float = 1.0
+    # True: log-probs (old, new, reference) of softmax(z / temperature), the distribution replies are drawn from, as
+    # OpenRLHF and later trl do. False: of the untempered policy, as trl 0.11.4 did; measured better here (notebook 05)
+    tempered_logprobs: bool = False
     init_kl_coef: float = 0.1  # beta
     adaptive_kl: bool = True  # Ziegler et al. 2019's controller
     kl_target: float = 2.0  # nats per reply
@@ -102,11 +105,14 @@ class ValueHead(torch.nn.Module):
         return self.net(hidden).squeeze(-1)
 
 
-def forward_policy(model, encoder_out, attention_mask, responses, start_token_id: int):
-    """(logits, decoder hidden states) for every reply position, teacher-forced.
+def forward_policy(model, encoder_out, attention_mask, responses, start_token_id: int, temperature: float = 1.0):
+    """(logits / temperature, decoder hidden states) for every reply position, teacher-forced.
 
     The decoder input is the reply shifted right behind the start token, so position t predicts
     reply token t — including t = 0, the first generated token. Encoder-decoder specific.
+    Dividing by the sampling temperature makes every log-prob (old, new, reference) that of the
+    distribution the replies were really drawn from, softmax(z / T): else PPO's ratio, gradient and KL
+    describe another policy than the one sampled (OpenRLHF #853; trl's later PPO does the same).
     """
     decoder_input = torch.cat([torch.full_like(responses[:, :1], start_token_id), responses[:, :-1]], dim=1)
     out = model(
@@ -116,7 +122,7 @@ def forward_policy(model, encoder_out, attention_mask, responses, start_token_id
         output_hidden_states=True,
         use_cache=False,
     )
-    return out.logits, out.decoder_hidden_states[-1]
+    return (out.logits if temperature == 1.0 else out.logits / temperature), out.decoder_hidden_states[-1]
 
 
 class PolicyWithValue(torch.nn.Module):
@@ -127,8 +133,8 @@ class PolicyWithValue(torch.nn.Module):
         super().__init__()
         self.model, self.value_head = model, value_head
 
-    def forward(self, encoder_out, attention_mask, responses, start_token_id: int):
-        logits, hidden = forward_policy(self.model, encoder_out, attention_mask, responses, start_token_id)
+    def forward(self, encoder_out, attention_mask, responses, start_token_id: int, temperature: float = 1.0):
+        logits, hidden = forward_policy(self.model, encoder_out, attention_mask, responses, start_token_id, temperature)
         return logits, self.value_head(hidden)
 
 
@@ -164,6 +170,10 @@ class PPOTrainer:
         self.score_stats = RunningMoments()
         self.step_idx, self.history, self.samples = 0, [], []
         self.skipped_batches = 0
+
+    @property
+    def logprob_temperature(self) -> float:
+        return self.cfg.temperature if self.cfg.tempered_logprobs else 1.0
 
     def _use_adapter(self, name: str) -> None:
         self.model.set_adapter(name)  # peft: also makes only this adapter's weights trainable
@@ -213,35 +223,24 @@ class PPOTrainer:
         if cfg.normalize_scores:
             self.score_stats.update(self.accelerator.gather(scores))  # the same statistics on every process
             scores = (scores - self.score_stats.mean) / self.score_stats.std
-        start = self.model.config.decoder_start_token_id
+        teacher_forced = (encoder_out, batch.attention_mask, responses, self.model.config.decoder_start_token_id)
         with torch.no_grad():
-            logits, hidden = forward_policy(self.model, encoder_out, batch.attention_mask, responses, start)
+            logits, hidden = forward_policy(self.model, *teacher_forced, self.logprob_temperature)
             logprobs, entropy = logprobs_and_entropy(logits, responses)  # reply by reply: less memory
             entropy = masked_mean(entropy, mask)
             values = self.value_head(hidden)
             del logits
             if self.kl_ctl.beta > 0:  # the reference pass is only needed when the KL term is used
                 self._use_adapter("reference")
-                ref_logits, _ = forward_policy(self.model, encoder_out, batch.attention_mask, responses, start)
+                ref_logits, _ = forward_policy(self.model, *teacher_forced, self.logprob_temperature)
                 ref_logprobs, _ = logprobs_and_entropy(ref_logits, responses, entropy=False)
                 self._use_adapter("policy")
                 del ref_logits
             else:
                 ref_logprobs = logprobs
-        return dict(
-            batch=batch,
-            encoder_out=encoder_out,
-            responses=responses,
-            mask=mask,
-            replies=replies,
-            scores=scores,
-            raw_scores=raw_scores,
-            logprobs=logprobs,
-            ref_logprobs=ref_logprobs,
-            values=values,
-            entropy=entropy.item(),
-            has_eos=has_eos,
-        )
+        sampled = dict(batch=batch, encoder_out=encoder_out, responses=responses, mask=mask, replies=replies)
+        scored = dict(scores=scores, raw_scores=raw_scores, has_eos=has_eos, entropy=entropy.item())
+        return {**sampled, **scored, "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values}
 
     def step(self) -> dict:
         """One PPO iteration; returns the logged statistics."""
@@ -273,7 +272,7 @@ class PPOTrainer:
                         input_ids=ro["batch"].input_ids[idx], attention_mask=ro["batch"].attention_mask[idx]
                     )
                 logits, values = self.policy_and_value(
-                    enc, ro["batch"].attention_mask[idx], ro["responses"][idx], start
+                    enc, ro["batch"].attention_mask[idx], ro["responses"][idx], start, self.logprob_temperature
                 )
                 logprobs = gather_logprobs(logits, ro["responses"][idx])
                 pg_loss, ratio = clipped_policy_loss(logprobs, ro["logprobs"][idx], advantages[idx], m, cfg.cliprange)

@@ -195,3 +195,29 @@ def test_non_finite_loss_skips_the_batch_with_a_warning(sft_adapter):
         trainer.step()
     assert trainer.skipped_batches > 0
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.params))
+
+
+@pytest.mark.parametrize("tempered", [True, False])
+def test_logprobs_are_of_the_sampling_distribution_only_when_tempered(sft_adapter, monkeypatch, tempered):
+    """Replies are drawn from softmax(z / T). With ``tempered_logprobs`` the rollout's log-probs are exactly those
+    of that distribution (``generate``'s own processed scores); without, those of the untempered policy, softmax(z)."""
+    temperature = 0.5
+    trainer = make_trainer(sft_adapter, hello_reward, temperature=temperature, tempered_logprobs=tempered)
+    prompts = trainer._prompts_for_step(0)
+    batch, encoder_out = trainer._encode(prompts)
+    torch.manual_seed(0)
+    kwargs = dict(encoder_outputs=encoder_out, attention_mask=batch.attention_mask, do_sample=True, top_k=0)
+    gen = trainer.model.generate(
+        **kwargs, temperature=temperature, max_new_tokens=8, output_scores=True, return_dict_in_generate=True
+    )
+    responses = gen.sequences[:, 1:]
+    processed = torch.stack(gen.scores, dim=1)  # what sampling used: z / T
+    mask = response_mask(responses, trainer.tokenizer.eos_token_id).bool()
+    monkeypatch.setattr(trainer.model, "generate", lambda **_: gen.sequences)
+    ro = trainer.rollout(prompts)
+    scale = 1.0 if tempered else temperature  # untempered: softmax(z) = softmax(T * processed)
+    expected = (processed * scale).log_softmax(-1).gather(2, responses.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(ro["logprobs"][mask], expected[mask], atol=1e-5)
+    sampled = processed.log_softmax(-1).gather(2, responses.unsqueeze(-1)).squeeze(-1)
+    assert torch.allclose(ro["logprobs"][mask], sampled[mask], atol=1e-5) == tempered
+    assert torch.equal(ro["logprobs"], ro["ref_logprobs"])  # before any update policy = reference, either way
