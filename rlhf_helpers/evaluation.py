@@ -661,8 +661,11 @@ def sweep_candidates(policies: Policies, needed: int, progress: bool = True) -> 
 
     out = []
     for beta in SWEEP_BETAS[:needed]:
-        cfg = ppo_defaults(policies.preset, init_kl_coef=beta, adaptive_kl=False, steps=SWEEP_STEPS, checkpoint_every=0)
-        tag = _digest(asdict(cfg), policies.digests["sft"], policies.digests["reward"])
+        fixed_beta = dict(init_kl_coef=beta, adaptive_kl=False, steps=SWEEP_STEPS, checkpoint_every=0)
+        cfg = ppo_defaults(policies.preset, **fixed_beta, tempered_logprobs=policies.cfg.tempered_logprobs)
+        # the key leaves tempered_logprobs out when off, so runs cached before the option existed are still found
+        key = {k: v for k, v in asdict(cfg).items() if k != "tempered_logprobs" or v}
+        tag = _digest(key, policies.digests["sft"], policies.digests["reward"])
         folder = evaluation_dir() / "sweep" / f"beta_{beta:g}_{tag}"
         final = folder / "final"
         if not (final / "ppo_config.json").exists():
@@ -710,7 +713,7 @@ def overoptimisation_points(
         candidates += sweep_candidates(policies, min_points - len(candidates), progress)
     cfg = policies.cfg
     sampling = (cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, cfg.min_new_tokens)
-    sampling += (("tempered_logprobs",) if cfg.tempered_logprobs else ())  # its KL differs; default keys unchanged
+    sampling += ("tempered_logprobs",) if cfg.tempered_logprobs else ()  # another KL; default keys unchanged
     points = []
     for cand in tqdm(candidates, desc="KL points", disable=not progress, leave=False):
         key = _digest(

@@ -199,25 +199,34 @@ def test_non_finite_loss_skips_the_batch_with_a_warning(sft_adapter):
 
 @pytest.mark.parametrize("tempered", [True, False])
 def test_logprobs_are_of_the_sampling_distribution_only_when_tempered(sft_adapter, monkeypatch, tempered):
-    """Replies are drawn from softmax(z / T). With ``tempered_logprobs`` the rollout's log-probs are exactly those
-    of that distribution (``generate``'s own processed scores); without, those of the untempered policy, softmax(z)."""
+    """Replies are drawn from softmax(z / T). With ``tempered_logprobs`` the rollout's log-probs are those of that
+    distribution (``generate``'s own processed scores); without, those of the untempered policy, softmax(z)."""
     temperature = 0.5
     trainer = make_trainer(sft_adapter, hello_reward, temperature=temperature, tempered_logprobs=tempered)
     prompts = trainer._prompts_for_step(0)
     batch, encoder_out = trainer._encode(prompts)
     torch.manual_seed(0)
     kwargs = dict(encoder_outputs=encoder_out, attention_mask=batch.attention_mask, do_sample=True, top_k=0)
-    gen = trainer.model.generate(
-        **kwargs, temperature=temperature, max_new_tokens=8, output_scores=True, return_dict_in_generate=True
-    )
+    kwargs.update(temperature=temperature, min_new_tokens=trainer.cfg.min_new_tokens, max_new_tokens=8)
+    gen = trainer.model.generate(**kwargs, output_scores=True, return_dict_in_generate=True)
     responses = gen.sequences[:, 1:]
     processed = torch.stack(gen.scores, dim=1)  # what sampling used: z / T
-    mask = response_mask(responses, trainer.tokenizer.eos_token_id).bool()
+    # from t = 1 on: at t = 0 generate also bans EOS (min_new_tokens = 1), which no PPO implementation models
+    mask = response_mask(responses, trainer.tokenizer.eos_token_id).bool()[:, 1:]
     monkeypatch.setattr(trainer.model, "generate", lambda **_: gen.sequences)
     ro = trainer.rollout(prompts)
     scale = 1.0 if tempered else temperature  # untempered: softmax(z) = softmax(T * processed)
     expected = (processed * scale).log_softmax(-1).gather(2, responses.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(ro["logprobs"][mask], expected[mask], atol=1e-5)
+    assert torch.allclose(ro["logprobs"][:, 1:][mask], expected[:, 1:][mask], atol=1e-4)
     sampled = processed.log_softmax(-1).gather(2, responses.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(ro["logprobs"][mask], sampled[mask], atol=1e-5) == tempered
-    assert torch.equal(ro["logprobs"], ro["ref_logprobs"])  # before any update policy = reference, either way
+    assert torch.allclose(ro["logprobs"][:, 1:][mask], sampled[:, 1:][mask], atol=1e-4) == tempered
+    assert torch.allclose(ro["ref_logprobs"], ro["logprobs"])  # before any update policy = reference, either way
+
+
+@pytest.mark.parametrize("tempered", [True, False])
+def test_the_update_pass_uses_the_rollouts_temperature(sft_adapter, tempered):
+    """With a zero learning rate the policy never moves, so every mini-batch's new log-probs must equal the rollout's
+    old ones: no ratio is clipped and approx-KL is 0. A pass that forgot (or added) the division would show here."""
+    trainer = make_trainer(sft_adapter, hello_reward, temperature=0.5, tempered_logprobs=tempered, learning_rate=0.0)
+    record = trainer.step()
+    assert record["approx_kl"] < 1e-8 and record["clipfrac"] == 0.0, record
