@@ -211,7 +211,7 @@ def test_logprobs_are_of_the_sampling_distribution_only_when_tempered(sft_adapte
     gen = trainer.model.generate(**kwargs, output_scores=True, return_dict_in_generate=True)
     responses = gen.sequences[:, 1:]
     processed = torch.stack(gen.scores, dim=1)  # what sampling used: z / T
-    # from t = 1 on: at t = 0 generate also bans EOS (min_new_tokens = 1), which no PPO implementation models
+    # from t = 1 on: at t = 0 generate also bans EOS (min_new_tokens = 1), which PPO log-probs leave out (as in trl)
     mask = response_mask(responses, trainer.tokenizer.eos_token_id).bool()[:, 1:]
     monkeypatch.setattr(trainer.model, "generate", lambda **_: gen.sequences)
     ro = trainer.rollout(prompts)
