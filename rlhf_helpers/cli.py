@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 a stage failed, 2 bad input (invalid data, unknown pres
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -41,7 +42,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rlhf_helpers.runner import run_course
 
     try:
-        summary = run_course(args.out, preset=args.preset, only=args.only)
+        summary = run_course(args.out, preset=args.preset, only=args.only, data=args.data)
+    except (FileNotFoundError, ValueError) as e:  # the data folder: missing or ambiguous files
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
@@ -56,7 +60,11 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
 
     from rlhf_helpers.presets import model_path
 
-    path = Path(model_path("tiny"))
+    try:
+        path = Path(model_path("tiny"))
+    except (FileNotFoundError, ValueError) as e:  # the data folder it is built from: missing files, bad rows
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     info = json.loads((path / "build_info.json").read_text())
     print(
         f"tiny preset at {path}: {info['parameters']:,} parameters, vocab {info['vocab_size']}, "
@@ -186,6 +194,7 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
             "init_kl_coef": args.beta,
             "learning_rate": args.lr,
             "batch_size": args.batch_size,
+            "checkpoint_every": args.checkpoint_every,
         }.items()
         if v is not None
     }
@@ -291,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-kl", action="store_true", help="keep beta fixed (no adaptive KL controller)")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--checkpoint-every", type=int, help="save a checkpoint every N steps (notebook 06's KL points)")
     p.add_argument("--resume", help="checkpoint folder to continue from")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_ppo)
@@ -304,11 +314,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("build-tiny", help="build (or show) the cached offline tiny preset")
     p.set_defaults(func=_cmd_build_tiny)
+
+    for name, command in sub.choices.items():
+        if name != "validate":  # validate reads one file; every other command reads the data folder
+            command.add_argument(
+                "--data",
+                metavar="DIR",
+                help="data folder with sft, preferences and eval files (default: env RLHF_DATA_DIR, else the course's)",
+            )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "data", None):
+        # Every stage reads the data folder through config.data_dir(): set it once, for this process
+        # (and, for `run`, the notebook kernels it starts).
+        folder = Path(args.data).expanduser()
+        if not folder.is_dir():
+            print(f"error: --data {args.data}: no such folder", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        os.environ["RLHF_DATA_DIR"] = str(folder.resolve())
     if args.command not in ("run", "validate"):  # the commands that compute in this process
         # First, before any tensor work: CPU threads started later inherit the flush-to-zero mode, as in
         # the notebooks (their CONFIG cell calls set_seed first), so a stage gives the same numbers both ways.

@@ -5,9 +5,11 @@ moved with environment variables so the same code serves a laptop, CI, Colab and
 
 * ``RLHF_CACHE``      built tiny presets (default: ``$XDG_CACHE_HOME/rlhf-course`` or ``~/.cache/rlhf-course``)
 * ``RLHF_ARTIFACTS``  trained adapters, reward models, metrics (default: ``<repo>/artifacts``)
-* ``RLHF_DATA_DIR``   the course dataset (default: ``<repo>/data``)
+* ``RLHF_DATA_DIR``   the data folder: the course dataset (default: ``<repo>/data``) or your own
+  (``sft``, ``preferences`` and ``eval`` files; ``python -m rlhf_helpers run --data DIR`` sets it)
 * ``RLHF_PRESET``     the model preset every notebook and CLI command uses (default: ``tiny``)
 * ``RLHF_SEED``       the course seed (default: 0)
+* ``RLHF_TINY_STEPS`` custom data only: the pretraining steps of the tiny base built from it (default 300)
 * ``RLHF_REFERENCE_CHECKS``  ``1``: notebook 03 asserts the reward model's target exactly (``reference_checks``)
 """
 
@@ -70,6 +72,24 @@ def artifacts_dir() -> Path:
 
 def data_dir() -> Path:
     return Path(os.environ.get("RLHF_DATA_DIR", REPO_ROOT / "data")).expanduser()
+
+
+COURSE_DATA_DIR = REPO_ROOT / "data"
+
+
+def on_course_data() -> bool:
+    """True when the data folder is the course's own (``<repo>/data``), not a learner's.
+
+    Why ask? Some results hold only on the course data: its labels come from a known rubric, so the
+    rubric judge must agree with them, and the reward model's 0.90 target was measured there. The
+    notebooks assert those only when this is true; on other data they check what must hold
+    everywhere (the reward model beats the length baseline, PPO raises the reward at bounded KL).
+    Compared by resolved path: a copy of the course data elsewhere counts as custom data, which only
+    skips course-only checks (never a wrong assertion)."""
+    try:
+        return data_dir().resolve() == COURSE_DATA_DIR.resolve()
+    except OSError:
+        return False
 
 
 def preset_name(default: str = "tiny") -> str:

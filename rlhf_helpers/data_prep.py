@@ -12,8 +12,8 @@ import hashlib
 from collections import Counter
 from pathlib import Path
 
-from rlhf_helpers.config import artifacts_dir, course_seed, data_dir
-from rlhf_helpers.course_data import CRITERIA, DATA_FILES
+from rlhf_helpers.config import artifacts_dir, course_seed, data_dir, on_course_data
+from rlhf_helpers.course_data import CRITERIA
 from rlhf_helpers.data_loading import load_records
 from rlhf_helpers.io_utils import atomic_write_jsonl
 
@@ -24,21 +24,58 @@ SPLIT_FILES = {
     "pref_train": "pref_train.jsonl",
     "pref_val": "pref_val.jsonl",
     "eval": "eval.jsonl",
+    "pref_gold": "pref_gold.jsonl",  # custom data only: the gold judge's half (see prepare_splits)
 }
+
+
+#: File types a data folder may hold, in the order they are looked for.
+DATA_SUFFIXES = (".jsonl", ".json", ".csv")
+#: Custom data only: at most this many evaluation prompts (a seeded, prompt-hashed sample), so that
+#: notebooks 05-06 generate and judge as many replies as on the course data (250) and keep its runtime.
+MAX_EVAL_PROMPTS = 250
+#: Custom data only: the share of preference prompts held out for validation. The course uses 0.1 of
+#: ~550 prompts; real comparison sets are smaller (45 articles in the CNN/DM example), and 10% of them
+#: would leave a handful of articles to measure the reward model and the gold judge on.
+CUSTOM_VAL_FRACTION = 0.2
+
+
+def find_data_files(folder: str | Path | None = None) -> dict[str, Path]:
+    """The data folder's files by kind: ``sft``, ``preferences``, ``eval`` and, if present, ``seed_format``.
+
+    A kind's file is ``<kind>.jsonl`` / ``.json`` / ``.csv`` (the course's names), or else the one file
+    whose name contains the kind (``dialogsum_sft.jsonl``, ``cnndm_preferences.csv``), so a folder of
+    downloaded files works as it is. Raises ``FileNotFoundError`` naming the folder and what is missing,
+    and ``ValueError`` when two files could be meant.
+    """
+    folder = Path(folder or data_dir())
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data folder {folder} does not exist (RLHF_DATA_DIR / --data)")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in DATA_SUFFIXES)
+    found: dict[str, Path] = {}
+    for kind in ("sft", "preferences", "eval", "seed_format"):
+        exact = [folder / f"{kind}{suffix}" for suffix in DATA_SUFFIXES if (folder / f"{kind}{suffix}").is_file()]
+        fuzzy = [p for p in files if kind in p.stem.lower() and (kind != "eval" or "seed_format" not in p.stem)]
+        candidates = exact or fuzzy
+        if len(candidates) > 1:
+            names = ", ".join(p.name for p in candidates)
+            raise ValueError(f"{folder}: more than one {kind} file ({names}); keep one or name it {kind}.jsonl")
+        if candidates:
+            found[kind] = candidates[0]
+        elif kind != "seed_format":
+            raise FileNotFoundError(
+                f"{folder}: no {kind} file (expected {kind}.jsonl, .json or .csv, or a file whose name contains "
+                f"'{kind}'); found: {', '.join(p.name for p in files) or 'no data files'}"
+            )
+    return found
 
 
 def load_course_data(folder: str | Path | None = None) -> dict:
     """The data files as validated ``datasets.Dataset`` objects: ``sft``, ``preferences`` and ``eval``
     are required; ``seed_format`` (the seed project's unlabelled pairs, used by the judger notebook) is
-    loaded when present, so a learner's own data folder needs only the three training files."""
-    folder = Path(folder or data_dir())
-    data = {
-        "sft": load_records(folder / DATA_FILES["sft"], "sft"),
-        "preferences": load_records(folder / DATA_FILES["preferences"], "preferences"),
-        "eval": load_records(folder / DATA_FILES["eval"], "eval"),
-    }
-    if (folder / DATA_FILES["seed_format"]).exists():
-        data["seed_format"] = load_records(folder / DATA_FILES["seed_format"], "preferences")
+    loaded when present, so a learner's own data folder needs only the three training files (found by
+    :func:`find_data_files`, in any accepted format)."""
+    files = find_data_files(folder)
+    data = {kind: load_records(path, "preferences" if kind == "seed_format" else kind) for kind, path in files.items()}
     return data
 
 
@@ -61,32 +98,82 @@ def splits_dir() -> Path:
     return artifacts_dir() / "data"
 
 
-def prepare_splits(val_fraction: float = 0.1, seed: int | None = None, out: str | Path | None = None) -> dict:
-    """Write the split files (atomically) and return their sizes plus leakage checks."""
+def _cap_eval(ds, limit: int, seed: int):
+    """At most ``limit`` rows: those whose prompts hash lowest with the seed, in their original order."""
+    if len(ds) <= limit:
+        return ds
+    ranked = sorted(range(len(ds)), key=lambda i: _bucket(f"eval:{ds[i]['prompt']}", seed))
+    return ds.select(sorted(ranked[:limit]))
+
+
+def prepare_splits(val_fraction: float | None = None, seed: int | None = None, out: str | Path | None = None) -> dict:
+    """Write the split files (atomically) and return their sizes plus leakage checks.
+
+    On the course data: ``sft_train/sft_val``, ``pref_train/pref_val`` (``val_fraction`` 0.1) and ``eval``.
+    On custom data (:func:`rlhf_helpers.config.on_course_data` is false) the preference training prompts are
+    halved once more, by prompt: ``pref_train`` (the proxy reward model's half) and ``pref_gold`` (the half the
+    domain-free gold judge trains on, :mod:`rlhf_helpers.gold_judge`), the set-up of Gao et al. (2022): the
+    judge that grades PPO never saw the labels PPO's reward model learnt from. ``val_fraction`` defaults to
+    :data:`CUSTOM_VAL_FRACTION` there and ``eval`` keeps at most :data:`MAX_EVAL_PROMPTS` prompts.
+    """
     out = Path(out or splits_dir())
+    seed = course_seed() if seed is None else seed
+    course = on_course_data()
+    if val_fraction is None:
+        val_fraction = 0.1 if course else CUSTOM_VAL_FRACTION
     data = load_course_data()
     sft_train, sft_val = split_by_prompt(data["sft"], val_fraction, seed)
     pref_train, pref_val = split_by_prompt(data["preferences"], val_fraction, seed)
+    eval_ds = data["eval"] if course else _cap_eval(data["eval"], MAX_EVAL_PROMPTS, seed)
     splits = {
         "sft_train": sft_train,
         "sft_val": sft_val,
         "pref_train": pref_train,
         "pref_val": pref_val,
-        "eval": data["eval"],
+        "eval": eval_ds,
     }
+    if not course:
+        is_gold = [_bucket(f"gold:{p}", seed) < 0.5 for p in pref_train["prompt"]]
+        splits["pref_gold"] = pref_train.select([i for i, g in enumerate(is_gold) if g])
+        splits["pref_train"] = pref_train = pref_train.select([i for i, g in enumerate(is_gold) if not g])
+        if not len(pref_train) or not len(splits["pref_gold"]) or not len(pref_val):
+            n_prompts = len(set(data["preferences"]["prompt"]))
+            raise ValueError(
+                f"{find_data_files()['preferences']}: too few distinct prompts ({n_prompts}) to split into proxy, "
+                "gold and validation sets by prompt; the course needs at least about 10"
+            )
     for name, ds in splits.items():
         atomic_write_jsonl(out / SPLIT_FILES[name], ds.to_list())
     train_prompts = set(sft_train["prompt"]) | set(pref_train["prompt"])
     stats = {f"n_{name}": len(ds) for name, ds in splits.items()}
     stats["prompt_overlap_pref_train_val"] = len(set(pref_train["prompt"]) & set(pref_val["prompt"]))
-    stats["prompt_overlap_eval_train"] = len(set(data["eval"]["prompt"]) & train_prompts)
+    stats["prompt_overlap_eval_train"] = len(set(eval_ds["prompt"]) & train_prompts)
+    if not course:
+        gold_prompts = set(splits["pref_gold"]["prompt"])
+        stats["prompt_overlap_gold_proxy"] = len(gold_prompts & set(pref_train["prompt"]))
+        stats["prompt_overlap_gold_val"] = len(gold_prompts & set(pref_val["prompt"]))
+        stats["n_eval_available"] = len(data["eval"])
     return stats
+
+
+def course_validation_pairs(seed: int | None = None):
+    """The course's own validation preference pairs (what ``load_split("pref_val")`` gives on the course data),
+    whatever the data folder: notebook 04 teaches the rubric judge on them, because their labels come from
+    the rubric, even when the course runs on your data."""
+    from rlhf_helpers.config import COURSE_DATA_DIR
+
+    return split_by_prompt(load_course_data(COURSE_DATA_DIR)["preferences"], 0.1, seed)[1]
+
+
+def split_names() -> tuple[str, ...]:
+    """The splits :func:`prepare_splits` writes for the current data folder (``pref_gold`` on custom data only)."""
+    return tuple(n for n in SPLIT_FILES if n != "pref_gold" or not on_course_data())
 
 
 def ensure_splits() -> Path:
     """The split folder, created with the default settings if an earlier notebook did not run."""
     folder = splits_dir()
-    if not all((folder / f).exists() for f in SPLIT_FILES.values()):
+    if not all((folder / SPLIT_FILES[n]).exists() for n in split_names()):
         prepare_splits()
     return folder
 
@@ -98,6 +185,7 @@ def load_split(name: str):
         "sft_val": "sft",
         "pref_train": "preferences",
         "pref_val": "preferences",
+        "pref_gold": "preferences",
         "eval": "eval",
     }[name]
     return load_records(ensure_splits() / SPLIT_FILES[name], kind)

@@ -4,7 +4,11 @@ as a readable report, ``summary.md`` (rendered by :func:`rlhf_helpers.report.ren
 
 Each run is self-contained: artifacts (adapters, reward models, metrics) go to ``OUT/artifacts``
 so two runs never read each other's results; only the tiny base model is shared through the
-cache (``RLHF_CACHE``), because it depends on nothing but the seed and the data.
+cache (``RLHF_CACHE``), because it depends on nothing but the seed and the data (its cache key hashes the
+corpus, so the course's base and the base of your own data folder never collide).
+
+``data`` (``--data DIR`` on the command line, else ``RLHF_DATA_DIR``) points every notebook at a folder of
+your own ``sft``, ``preferences`` and ``eval`` files; it is checked before the first notebook starts.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rlhf_helpers.config import REPO_ROOT, course_seed
+from rlhf_helpers.config import REPO_ROOT, course_seed, data_dir
 from rlhf_helpers.io_utils import atomic_write_json, atomic_write_text
 from rlhf_helpers.report import collect_metrics, render_summary_markdown
 
@@ -33,23 +37,31 @@ def run_course(
     only: list[str] | None = None,
     timeout_per_cell: int = 1800,
     progress: bool = True,
+    data: str | Path | None = None,
 ) -> dict:
     """Execute the notebooks into ``out`` and write ``out/summary.json`` and ``out/summary.md``;
     returns the summary.
 
-    Stops at the first failing notebook (later ones depend on its results), records the error
-    in the summary, and raises ``RuntimeError``.
+    ``data``: the data folder (default ``RLHF_DATA_DIR``, else the course's ``data/``). A folder without
+    its three files raises ``FileNotFoundError`` (``ValueError`` when a kind's file is ambiguous) before
+    any notebook runs. Stops at the first failing notebook (later ones depend on its results), records
+    the error in the summary, and raises ``RuntimeError``.
     """
+    from rlhf_helpers.data_prep import find_data_files
+
+    folder = Path(data).expanduser().resolve() if data else data_dir().resolve()
+    files = find_data_files(folder)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     kernel_env = {
         "RLHF_ARTIFACTS": str(out / "artifacts"),
         "RLHF_PRESET": preset,
         "RLHF_SEED": str(course_seed()),
+        "RLHF_DATA_DIR": str(folder),
         "TQDM_DISABLE": "1",  # the notebooks' inner bars would flood the executed files
     }
     with _environment(kernel_env):  # kernels inherit it; this process is left as it was
-        return _run_notebooks(out, preset, only, timeout_per_cell, progress)
+        return _run_notebooks(out, preset, only, timeout_per_cell, progress, {k: str(v) for k, v in files.items()})
 
 
 @contextmanager
@@ -66,13 +78,19 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = old
 
 
-def _run_notebooks(out: Path, preset: str, only: list[str] | None, timeout_per_cell: int, progress: bool) -> dict:
+def _run_notebooks(
+    out: Path, preset: str, only: list[str] | None, timeout_per_cell: int, progress: bool, files: dict[str, str]
+) -> dict:
     import nbformat
     from nbclient import NotebookClient
     from tqdm.auto import tqdm
 
     notebooks = [nb for nb in course_notebooks() if not only or any(o in nb.stem for o in only)]
+    from rlhf_helpers.config import on_course_data
+
     summary: dict = {"preset": preset, "seed": course_seed(), "notebooks": [], "metrics": {}}
+    if not on_course_data():  # the course's own summary keeps its keys
+        summary["data"] = files
     start = time.perf_counter()
     bar = tqdm(notebooks, desc="course", unit="notebook", disable=not progress)
     for path in bar:
