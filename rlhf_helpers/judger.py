@@ -673,10 +673,33 @@ class Judge:
         return f"Judge(weights={self.active}, temperature={cfg.temperature}, tie_margin={cfg.tie_margin})"
 
 
-def gold_judge(**weights: float) -> Judge:
-    """The course's gold judge: the five built-in criteria, no reward model. Used to label pairs
-    (AI feedback) and to evaluate PPO policies, so it must not share anything with the reward model."""
+def rubric_judge(**weights: float) -> Judge:
+    """The course's rubric judge: the five built-in criteria, no reward model. Used to label pairs
+    (AI feedback) and to evaluate PPO policies on the course data, so it must not share anything with
+    the reward model."""
     return Judge(JudgeConfig(weights={**GOLD_WEIGHTS, **weights}))
+
+
+def gold_judge(**weights: float) -> Judge:
+    """The gold judge of the current data folder, the one notebooks 04-06 grade policies with.
+
+    On the course data: the rubric judge (:func:`rubric_judge`; ``weights`` change its criteria). On your
+    own data the rubric measures nothing (its criteria are a support reply's), so this returns the
+    domain-free judge of :mod:`rlhf_helpers.gold_judge`: an independent reward model trained on the held-out
+    half of the human preference pairs (``weights`` are then not allowed). Both are :class:`Judge` objects:
+    ``.score(prompts, replies)``, ``.compare(prompts, replies_a, replies_b)``, ``win_rate(..., judge)``."""
+    from rlhf_helpers.config import on_course_data
+
+    if on_course_data():
+        return rubric_judge(**weights)
+    if weights:
+        raise ValueError(
+            f"criterion weights {sorted(weights)} apply to the course's rubric judge; on custom data the gold judge "
+            "is the held-out reward model (use rubric_judge(...) to weight the rubric criteria anyway)"
+        )
+    from rlhf_helpers.gold_judge import heldout_gold_judge
+
+    return heldout_gold_judge()
 
 
 def judge_with_reward_model(
