@@ -325,7 +325,7 @@ def load_policies(preset: str | None = None, ppo_dir: str | Path | None = None, 
     the PPO run's config from its final checkpoint. Missing course artifacts are trained first."""
     from transformers import AutoTokenizer
 
-    from rlhf_helpers.ppo import PPOConfig, PPOTrainer, load_policy_and_reference
+    from rlhf_helpers.ppo import PPOTrainer, load_policy_and_reference, load_ppo_config
     from rlhf_helpers.ppo_stage import default_ppo_dir, ensure_prerequisites
     from rlhf_helpers.presets import get_preset, model_path
     from rlhf_helpers.reward import load_reward_model
@@ -337,7 +337,7 @@ def load_policies(preset: str | None = None, ppo_dir: str | Path | None = None, 
         check_checkpoint(ppo_dir / "final")  # fail fast, before anything is trained
     final = ensure_ppo(preset, ppo_dir, progress)
     sft_dir, reward_dir = ensure_prerequisites(preset, progress)
-    cfg = PPOConfig(**read_json(final / "ppo_config.json"))
+    cfg = load_ppo_config(final / "ppo_config.json")
     base_path = model_path(preset)
     with _quiet_transformers():
         model = load_policy_and_reference(sft_dir, base_path)
@@ -545,29 +545,22 @@ def sample_kl_point(
     """Sample one reply per prompt with the trainer's ``policy`` adapter, as PPO's rollout does, and
     estimate KL(pi || pi_SFT) per reply: the sum over reply tokens of k1 = log pi(y_t) - log pi_SFT(y_t).
 
-    This is exactly the quantity PPO's penalty and its logged ``kl`` use: log-probabilities of the
-    untempered policies (of the tempered ones with ``tempered_logprobs``), averaged over replies sampled
-    at the training temperature. At temperature 1 (or tempered) its expectation is the KL between the
-    sampled policies; at 0.7 untempered it is the same measure of drift PPO controlled, so the points
-    line up with the training curves. For the SFT policy itself it is exactly 0.
+    This is exactly the quantity PPO's penalty and its logged ``kl`` use: log-probabilities of softmax(z / T),
+    the distributions replies are sampled from at the training temperature T, so its expectation is
+    KL(pi_T || pi_SFT,T) and the points line up with the training curves. For the SFT policy itself it is
+    exactly 0.
     Returns the point (step 0, source 'checkpoint': callers fill in what they know) and the replies."""
     import torch
 
     from rlhf_helpers.ppo_math import kl_k1
 
     torch.manual_seed(course_seed() if seed is None else seed)  # the same draws for every point
-    saved_beta = trainer.kl_ctl.beta
-    # rollout skips the reference pass when beta is 0 (nothing to penalise); we always need it.
-    trainer.kl_ctl.beta = max(saved_beta, 1e-12)
     replies, kls, proxy = [], [], []
-    try:
-        for start in range(0, len(prompts), batch_size):
-            ro = trainer.rollout(prompts[start : start + batch_size])
-            kls.extend((kl_k1(ro["logprobs"], ro["ref_logprobs"]) * ro["mask"]).sum(dim=1).tolist())
-            proxy.extend(ro["raw_scores"].tolist())
-            replies.extend(ro["replies"])
-    finally:
-        trainer.kl_ctl.beta = saved_beta
+    for start in range(0, len(prompts), batch_size):  # rollout changes nothing in the trainer
+        ro = trainer.rollout(prompts[start : start + batch_size])
+        kls.extend((kl_k1(ro["logprobs"], ro["ref_logprobs"]) * ro["mask"]).sum(dim=1).tolist())
+        proxy.extend(ro["raw_scores"].tolist())
+        replies.extend(ro["replies"])
     gold = judge.score(prompts, replies).total
     kl = np.asarray(kls)
     point = KLPoint(
@@ -662,10 +655,8 @@ def sweep_candidates(policies: Policies, needed: int, progress: bool = True) -> 
     out = []
     for beta in SWEEP_BETAS[:needed]:
         fixed_beta = dict(init_kl_coef=beta, adaptive_kl=False, steps=SWEEP_STEPS, checkpoint_every=0)
-        cfg = ppo_defaults(policies.preset, **fixed_beta, tempered_logprobs=policies.cfg.tempered_logprobs)
-        # the key leaves tempered_logprobs out when off, so runs cached before the option existed are still found
-        key = {k: v for k, v in asdict(cfg).items() if k != "tempered_logprobs" or v}
-        tag = _digest(key, policies.digests["sft"], policies.digests["reward"])
+        cfg = ppo_defaults(policies.preset, **fixed_beta, temperature=policies.cfg.temperature)  # the main run's
+        tag = _digest(asdict(cfg), policies.digests["sft"], policies.digests["reward"])
         folder = evaluation_dir() / "sweep" / f"beta_{beta:g}_{tag}"
         final = folder / "final"
         if not (final / "ppo_config.json").exists():
@@ -713,7 +704,6 @@ def overoptimisation_points(
         candidates += sweep_candidates(policies, min_points - len(candidates), progress)
     cfg = policies.cfg
     sampling = (cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, cfg.min_new_tokens)
-    sampling += ("tempered_logprobs",) if cfg.tempered_logprobs else ()  # another KL; default keys unchanged
     points = []
     for cand in tqdm(candidates, desc="KL points", disable=not progress, leave=False):
         key = _digest(

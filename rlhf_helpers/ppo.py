@@ -16,10 +16,17 @@ Design decisions (each fixes a known pain of trl 0.11.4's seq2seq PPO):
   penalised (``missing_eos_penalty``).
 * Value head: its own small module on the decoder's last hidden state, saved with every
   checkpoint (trl #858/#1650/#2095).
+* Log-probs of the distribution replies are sampled from: every pass (old, new, reference) divides
+  the logits by the sampling temperature T, so the ratio, the gradient, the KL and the entropy are
+  those of softmax(z / T), as in lm-human-preference-details and OpenRLHF (OpenRLHF #853, trl #3169).
+* KL to the SFT policy is always measured and logged, also when its penalty beta is 0.
+* Dropout off: rollouts, log-prob passes and updates run in eval mode (set by the trainer, whatever
+  mode the model was loaded in), so the ratio is exactly 1 before the first update.
 * Speed: the encoder's LoRA is frozen by default, so the encoder runs once per batch and its
-  output is reused by generation, the old/reference passes and every PPO epoch; log-probs are
+  output is reused by generation, the old/reference passes and every PPO epoch (with
+  ``train_encoder=True`` the reference gets its own, SFT, encoder output); log-probs are
   z_y - logsumexp(z), never a full log-softmax, with a one-buffer backward (``gather_logprobs``), reply
-  by reply in the no-grad passes (``logprobs_and_entropy``); the reference pass is skipped when beta = 0.
+  by reply in the no-grad passes (``logprobs_and_entropy``).
 Only ``forward_policy`` knows the model is an encoder-decoder: a decoder-only policy needs a
 forward that returns (logits, hidden) for the response positions; masks and losses are shared.
 """
@@ -27,6 +34,7 @@ forward that returns (logits, hidden) for the response positions; masks and loss
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -48,6 +56,7 @@ from rlhf_helpers.ppo_math import (  # the equations, one small tested function 
     masked_mean,
     masked_whiten,
     per_token_rewards,
+    policy_clip_fraction,
     response_mask,
 )
 
@@ -61,13 +70,11 @@ class PPOConfig:
     learning_rate: float = 1e-4
     max_new_tokens: int = 64
     min_new_tokens: int = 1
-    temperature: float = 0.7  # rollouts: a small policy samples nonsense at 1.0; eval is greedy
-    top_k: int = 0
+    # rollouts sample from softmax(z / temperature), and every log-prob (old, new, reference) is of that distribution;
+    # evaluation decodes greedily.
+    temperature: float = 1.0
+    top_k: int = 0  # 0 / 1.0: no cut. A top-k/top-p cut is not in the log-probs (nor in trl's or OpenRLHF's)
     top_p: float = 1.0
-    # True: log-probs (old, new, reference) of softmax(z / temperature), the distribution replies are drawn from, as
-    # OpenRLHF and later trl do. False: of the untempered policy, as trl 0.11.4 did; True was not better on 2 seeds x 2
-    # reward models here, and PPO's spread over seeds is wider than either (notebook 05, exercise 4)
-    tempered_logprobs: bool = False
     init_kl_coef: float = 0.1  # beta
     adaptive_kl: bool = True  # Ziegler et al. 2019's controller
     kl_target: float = 2.0  # nats per reply
@@ -162,7 +169,9 @@ class PPOTrainer:
         self.value_head = ValueHead(model.config.d_model).to(self.device)
         self._use_adapter("policy")
         self.params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
-        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5)
+        # No weight decay: it would pull the LoRA weights towards 0, i.e. the policy towards the bare base model,
+        # not towards the SFT policy that the KL term anchors to.
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
         # accelerate: moves to the device; under DDP wraps the trainable parts (self.model stays unwrapped).
         self.policy_and_value, self.optimizer = self.accelerator.prepare(
             PolicyWithValue(self.model, self.value_head), self.optimizer
@@ -170,12 +179,15 @@ class PPOTrainer:
         self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.score_stats = RunningMoments()
         self.step_idx, self.history, self.samples = 0, [], []
-        self.skipped_batches = 0
+        self.skipped_batches = 0  # mini-batches whose loss was not finite
+        self.skipped_replies = 0  # replies whose reward-model score was not finite
 
-    @property
-    def logprob_temperature(self) -> float:
-        """What logits are divided by before any log-prob: 1.0 (no division, the default path) unless tempered."""
-        return self.cfg.temperature if self.cfg.tempered_logprobs else 1.0
+    def _no_dropout(self) -> None:
+        """Eval mode for the policy, the reference and the value head, in every pass: with dropout on, the
+        rollout's log-probs, the reference's and the update's would each see another random sub-network,
+        and the ratio would not be 1 before the first update. Gradients flow in eval mode all the same."""
+        self.model.eval()
+        self.value_head.eval()
 
     def _use_adapter(self, name: str) -> None:
         self.model.set_adapter(name)  # peft: also makes only this adapter's weights trainable
@@ -189,9 +201,12 @@ class PPOTrainer:
         batch = self.tokenizer(
             prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_source_length
         ).to(self.device)
+        return batch, self._encoder_output(batch)
+
+    def _encoder_output(self, batch):
+        """The encoder's output under the active adapter (no gradient: the rollout's)."""
         with torch.no_grad():
-            encoder_out = self.model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
-        return batch, encoder_out
+            return self.model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
 
     def _prompts_for_step(self, step: int) -> list[str]:
         """batch_size prompts per process: drawn for all processes at once, each takes its own share."""
@@ -201,8 +216,12 @@ class PPOTrainer:
 
     # ---- one PPO step
     def rollout(self, prompts: list[str]) -> dict:
-        """Sample replies, score them, and compute old log-probs, values, reference log-probs."""
+        """Sample replies, score them, and compute old log-probs, values, reference log-probs.
+
+        Changes nothing in the trainer (evaluation calls it too): the score statistics are updated by
+        ``step``. ``scores`` are the reward model's minus the missing-EOS penalty, not yet normalised."""
         cfg, tok = self.cfg, self.tokenizer
+        self._no_dropout()
         batch, encoder_out = self._encode(prompts)
         with torch.no_grad():
             gen = self.model.generate(
@@ -222,24 +241,21 @@ class PPOTrainer:
         raw_scores = scores.clone()
         has_eos = (responses == tok.eos_token_id).any(dim=1)
         scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
-        if cfg.normalize_scores:
-            self.score_stats.update(self.accelerator.gather(scores))  # the same statistics on every process
-            scores = (scores - self.score_stats.mean) / self.score_stats.std
-        teacher_forced = (encoder_out, batch.attention_mask, responses, self.model.config.decoder_start_token_id)
+        teacher_forced = (batch.attention_mask, responses, self.model.config.decoder_start_token_id, cfg.temperature)
         with torch.no_grad():
-            logits, hidden = forward_policy(self.model, *teacher_forced, self.logprob_temperature)
+            logits, hidden = forward_policy(self.model, encoder_out, *teacher_forced)
             logprobs, entropy = logprobs_and_entropy(logits, responses)  # reply by reply: less memory
             entropy = masked_mean(entropy, mask)
             values = self.value_head(hidden)
             del logits
-            if self.kl_ctl.beta > 0:  # the reference pass is only needed when the KL term is used
-                self._use_adapter("reference")
-                ref_logits, _ = forward_policy(self.model, *teacher_forced, self.logprob_temperature)
-                ref_logprobs, _ = logprobs_and_entropy(ref_logits, responses, entropy=False)
-                self._use_adapter("policy")
-                del ref_logits
-            else:
-                ref_logprobs = logprobs
+            # The reference pass runs whatever beta is: the KL to pi_SFT is always measured (the penalty may be 0).
+            self._use_adapter("reference")
+            # With a trained encoder LoRA the reference is pi_SFT only with its own (SFT) encoder output.
+            ref_encoder_out = self._encoder_output(batch) if cfg.train_encoder else encoder_out
+            ref_logits, _ = forward_policy(self.model, ref_encoder_out, *teacher_forced)
+            ref_logprobs, _ = logprobs_and_entropy(ref_logits, responses, entropy=False)
+            self._use_adapter("policy")
+            del ref_logits
         sampled = dict(batch=batch, encoder_out=encoder_out, responses=responses, mask=mask, replies=replies)
         scored = dict(scores=scores, raw_scores=raw_scores, has_eos=has_eos, entropy=entropy.item())
         return {**sampled, **scored, "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values}
@@ -253,15 +269,20 @@ class PPOTrainer:
         prompts = self._prompts_for_step(self.step_idx)
         with self.accelerator.autocast():  # accelerate: rollouts in the precision of the updates (bf16 or fp32)
             ro = self.rollout(prompts)
-        mask = ro["mask"]
+        scores, mask = self._normalised_scores(ro["scores"]), ro["mask"]
+        # A reply whose score is not finite (a reward function's NaN) is left out of this step: no reward, no loss.
+        valid = torch.isfinite(scores)
+        mask = mask * valid.unsqueeze(1).float()
+        scores = torch.where(valid, scores, torch.zeros_like(scores))
         kl = kl_k1(ro["logprobs"], ro["ref_logprobs"]) * mask
-        rewards = per_token_rewards(ro["scores"], kl, mask, self.kl_ctl.beta)
+        rewards = per_token_rewards(scores, kl, mask, self.kl_ctl.beta)
         advantages, returns = gae(rewards, ro["values"], mask, cfg.gamma, cfg.lam)
         advantages = masked_whiten(advantages, mask)
 
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac")}
         start = self.model.config.decoder_start_token_id
         enc_hidden = ro["encoder_out"].last_hidden_state
+        self._no_dropout()
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(cfg.batch_size)
             for i in range(0, cfg.batch_size, cfg.mini_batch_size):
@@ -274,12 +295,12 @@ class PPOTrainer:
                         input_ids=ro["batch"].input_ids[idx], attention_mask=ro["batch"].attention_mask[idx]
                     )
                 logits, values = self.policy_and_value(
-                    enc, ro["batch"].attention_mask[idx], ro["responses"][idx], start, self.logprob_temperature
+                    enc, ro["batch"].attention_mask[idx], ro["responses"][idx], start, cfg.temperature
                 )
                 logprobs = gather_logprobs(logits, ro["responses"][idx])
                 pg_loss, ratio = clipped_policy_loss(logprobs, ro["logprobs"][idx], advantages[idx], m, cfg.cliprange)
                 old_v = ro["values"][idx]
-                vf_loss = clipped_value_loss(values, old_v, returns[idx], m, cfg.cliprange_value)
+                vf_loss, vf_clipfrac = clipped_value_loss(values, old_v, returns[idx], m, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 # NaN/inf guard: skip this mini-batch, say so (every process skips if one must: DDP steps together)
                 if self.accelerator.reduce(torch.isfinite(loss).float(), "sum") < self.world:
@@ -294,11 +315,9 @@ class PPOTrainer:
                 with torch.no_grad():
                     stats["pg_loss"].append(pg_loss.item())
                     stats["vf_loss"].append(vf_loss.item())
-                    stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > cfg.cliprange).float(), m).item())
+                    stats["clipfrac"].append(policy_clip_fraction(ratio, advantages[idx], m, cfg.cliprange).item())
                     stats["approx_kl"].append(0.5 * masked_mean((logprobs - ro["logprobs"][idx]) ** 2, m).item())
-                    stats["vf_clipfrac"].append(
-                        masked_mean(((values - old_v).abs() > cfg.cliprange_value).float(), m).item()
-                    )
+                    stats["vf_clipfrac"].append(vf_clipfrac.item())
 
         explained_var = 1 - torch.var((returns - ro["values"])[mask.bool()]) / torch.var(returns[mask.bool()]).clamp(
             min=1e-8
@@ -306,24 +325,39 @@ class PPOTrainer:
         # accelerate: each process saw its own replies; log (and adapt beta to) the mean over processes
         record = mean_over_processes(
             {
-                "reward": ro["raw_scores"].mean().item(),
-                "kl": kl.sum(dim=1).mean().item(),
+                "reward": ro["raw_scores"][valid].mean().item(),
+                "kl": kl.sum(dim=1)[valid].mean().item(),  # KL(pi || pi_SFT) per reply, nats, whatever beta is
                 "entropy": ro["entropy"],
-                "response_length": mask.sum(dim=1).mean().item(),
+                "response_length": mask.sum(dim=1)[valid].mean().item(),
                 "eos_fraction": ro["has_eos"].float().mean().item(),
                 "explained_variance": explained_var.item(),
                 "seconds": time.perf_counter() - t0,
                 **{k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()},
             }
         )
-        if cfg.adaptive_kl:
+        if cfg.adaptive_kl and math.isfinite(record["kl"]):  # no finite score in the batch: no KL measured, beta stays
             self.kl_ctl.update(record["kl"], cfg.batch_size * self.world)
-        record = {"step": self.step_idx, **record, "beta": self.kl_ctl.beta}
+        # The penalty acts on normalised scores, (r - mean) / std: against the raw score the effective coefficient is
+        # beta * std (notebook 05 prints it), and it drifts as the running std does.
+        record = {"step": self.step_idx, **record, "beta": self.kl_ctl.beta, "score_std": self.score_stats.std}
         self.history.append(record)
         sample = {"prompt": prompts[0], "reply": ro["replies"][0], "reward": ro["raw_scores"][0].item()}
         self.samples.append({"step": self.step_idx, **sample})
         self.step_idx += 1
         return record
+
+    def _normalised_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """(r - running mean) / running std, the statistics updated with this batch's finite scores from
+        every process (the same on all of them). A non-finite score is skipped, never averaged in, and says so."""
+        everyone = self.accelerator.gather(scores)
+        bad = int((~torch.isfinite(everyone)).sum())
+        if bad:
+            self.skipped_replies += bad
+            warnings.warn(f"PPO step {self.step_idx}: {bad} non-finite reward score(s), replies left out", stacklevel=3)
+        if not self.cfg.normalize_scores:
+            return scores
+        self.score_stats.update(everyone)
+        return (scores - self.score_stats.mean) / self.score_stats.std
 
     # ---- checkpoints
     def save_checkpoint(self, folder: str | Path) -> Path:
@@ -343,6 +377,7 @@ class PPOTrainer:
                     "history": self.history,
                     "samples": self.samples,
                     "skipped": self.skipped_batches,
+                    "skipped_replies": self.skipped_replies,
                 },
                 folder / "ppo_state.pt",
             )
@@ -365,7 +400,7 @@ class PPOTrainer:
         self.kl_ctl.beta = state["beta"]
         vars(self.score_stats).update(state["score_stats"])
         self.step_idx, self.history, self.samples = state["step"], state["history"], state["samples"]
-        self.skipped_batches = state["skipped"]
+        self.skipped_batches, self.skipped_replies = state["skipped"], state.get("skipped_replies", 0)
 
     def train(
         self, checkpoint_dir: str | Path | None = None, progress: bool = True, steps: int | None = None
@@ -395,6 +430,21 @@ def load_policy_and_reference(adapter_dir: str | Path, base_path: str):
     model.load_adapter(adapter_dir, adapter_name="reference", is_trainable=False)
     model.set_adapter("policy")
     return model
+
+
+def load_ppo_config(path: str | Path) -> PPOConfig:
+    """The PPOConfig a run saved (``ppo_config.json``), with a clear error for a run this version cannot
+    continue or evaluate (one made by an older version of the course, with fields that no longer exist)."""
+    from dataclasses import fields
+
+    values = json.loads(Path(path).read_text())
+    unknown = sorted(set(values) - {f.name for f in fields(PPOConfig)})
+    if unknown:
+        raise ValueError(
+            f"{path}: field(s) {', '.join(unknown)} are not PPOConfig fields of this version; the run was made by an "
+            "older version of the course: train it again (delete its folder, or use a new RLHF_ARTIFACTS)"
+        )
+    return PPOConfig(**values)
 
 
 def default_config(**overrides) -> PPOConfig:

@@ -6,7 +6,8 @@ Each function is one formula with its source, written on whole batches of replie
 * ``response_mask``: which reply tokens are actions of the policy (up to and including the first EOS);
 * ``kl_k1`` and ``per_token_rewards``: the KL-penalised reward of Stiennon et al. 2020, eq. 2;
 * ``gae``: generalised advantage estimation (Schulman et al. 2016);
-* ``clipped_policy_loss`` and ``clipped_value_loss``: PPO's clipped objectives (Schulman et al. 2017);
+* ``clipped_policy_loss`` and ``clipped_value_loss``: PPO's clipped objectives (Schulman et al. 2017), and
+  ``policy_clip_fraction``: how many tokens the clip really stops;
 * ``AdaptiveKLController``: the adaptive beta of Ziegler et al. 2019;
 * ``masked_whiten``, ``RunningMoments``, ``gather_logprobs``, ``entropy_from_logits``,
   ``logprobs_and_entropy``: the plumbing (``gather_logprobs`` with a memory-saving backward).
@@ -36,17 +37,24 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
-    """(x - mean) / std over the masked entries (unbiased variance, as in trl and the OpenAI code)."""
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, min_std: float = 1e-2) -> torch.Tensor:
+    """(x - mean) / std over the masked entries (unbiased variance, as in trl and the OpenAI code).
+
+    The std is floored at ``min_std``: whitening a near-constant batch (every reply scored the same, no
+    KL yet) would otherwise divide rounding noise by ~1e-4 and blow it up 10,000-fold into advantages
+    of size ~1; with the floor the amplification is at most 1 / min_std = 100. PPO's advantages have a
+    std of order 1 (scores are normalised), so the floor never acts in a healthy run."""
     mean = masked_mean(x, mask)
     var = masked_mean((x - mean) ** 2, mask) * mask.sum() / (mask.sum() - 1).clamp(min=1)
-    whitened = (x - mean) * torch.rsqrt(var + 1e-8)
+    whitened = (x - mean) * torch.rsqrt(var.clamp(min=min_std**2) + 1e-8)
     return whitened if shift_mean else whitened + mean
 
 
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """Per-token KL estimate k1 = log pi(y_t) - log pi_ref(y_t) (Schulman's "Approximating KL").
-    Unbiased for KL(pi || pi_ref) under samples from pi; can be negative for a single token."""
+    Unbiased for KL(pi || pi_ref) under samples from pi — so both log-probs must be those of the
+    distribution the replies were drawn from (softmax(z / T) at sampling temperature T, as the
+    trainer computes them); can be negative for a single token."""
     return logprobs - ref_logprobs
 
 
@@ -88,15 +96,31 @@ def clipped_policy_loss(logprobs, old_logprobs, advantages, mask, cliprange: flo
     return masked_mean(torch.max(-advantages * ratio, -advantages * clipped), mask), ratio
 
 
+def policy_clip_fraction(ratio, advantages, mask, cliprange: float) -> torch.Tensor:
+    """The share of reply tokens whose gradient the clip really stops: the clipped term wins the max
+    above only when the ratio left [1 - eps, 1 + eps] in the direction the advantage pushes it
+    (rho > 1 + eps with A > 0, rho < 1 - eps with A < 0). A ratio outside the range the other way is
+    not clipped: its unclipped term is the larger loss, and its gradient flows."""
+    clipped = ((ratio > 1 + cliprange) & (advantages > 0)) | ((ratio < 1 - cliprange) & (advantages < 0))
+    return masked_mean(clipped.float(), mask)
+
+
 def clipped_value_loss(values, old_values, returns, mask, cliprange_value: float):
     """0.5 * E_t[ max((V - R)^2, (V_clip - R)^2) ], V_clip = V_old + clip(V - V_old, -eps_v, eps_v):
-    the value function may not move further than eps_v per update either (OpenAI's PPO2 code)."""
+    the value function may not move further than eps_v per update either (OpenAI's PPO2 code).
+    Returns (loss, clip fraction): the share of tokens where the clipped term is the larger one, i.e.
+    where the clip really stops the value's gradient."""
     v_clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)
-    return 0.5 * masked_mean(torch.max((values - returns) ** 2, (v_clipped - returns) ** 2), mask)
+    unclipped_loss, clipped_loss = (values - returns) ** 2, (v_clipped - returns) ** 2
+    loss = 0.5 * masked_mean(torch.max(unclipped_loss, clipped_loss), mask)
+    return loss, masked_mean((clipped_loss > unclipped_loss).float(), mask)
 
 
 class AdaptiveKLController:
-    """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon) (Ziegler et al. 2019)."""
+    """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon) (Ziegler et al. 2019).
+
+    ``n`` is the number of replies the KL was measured on: beta moves by at most 20% per ``horizon``
+    replies, towards the value that holds the KL per reply at ``target``."""
 
     def __init__(self, beta: float, target: float, horizon: int):
         self.beta, self.target, self.horizon = beta, target, horizon
@@ -107,12 +131,18 @@ class AdaptiveKLController:
 
 
 class RunningMoments:
-    """Running mean/std of reward-model scores (parallel Welford), to normalise them."""
+    """Running mean/std of reward-model scores (parallel Welford), to normalise them.
+
+    Non-finite scores are left out: one NaN would otherwise make the mean NaN for good, and every
+    later batch would be NaN too. A batch with no finite score leaves the statistics as they were."""
 
     def __init__(self):
         self.mean, self.var, self.count = 0.0, 1.0, 1e-4
 
     def update(self, x: torch.Tensor) -> None:
+        x = x[torch.isfinite(x)]
+        if x.numel() == 0:
+            return
         batch_mean, batch_var, n = x.mean().item(), x.var(unbiased=False).item(), x.numel()
         delta, total = batch_mean - self.mean, self.count + n
         self.mean += delta * n / total

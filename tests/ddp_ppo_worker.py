@@ -1,15 +1,18 @@
 """Run by tests/test_accelerate.py under `accelerate launch` with 2 processes: a few steps of our
 PPOTrainer under DDP. Usage: ddp_ppo_worker.py SFT_ADAPTER OUT_DIR
 
-A synthetic reward (no reward model needed); on process 1 it is NaN at step 1, so that process
-must skip its mini-batches and the other one with it. Process 0 writes OUT_DIR/report.json with
-what every process saw; checkpoints go to OUT_DIR/checkpoints (written once, by process 0).
+A synthetic reward (no reward model needed); on process 1 it is NaN at step 1 (both processes must
+leave those replies out of the shared score statistics), and process 1's value head is NaN for that
+step, so its loss is not finite: it must skip its mini-batches and the other one with it. Process 0
+writes OUT_DIR/report.json with what every process saw; checkpoints go to OUT_DIR/checkpoints
+(written once, by process 0).
 """
 
 import json
 import sys
 from pathlib import Path
 
+import torch
 from accelerate.utils import gather_object
 from transformers import AutoTokenizer
 
@@ -25,14 +28,26 @@ with main_process_first():
 trainer = None
 
 
+saved_bias = None
+
+
 def reward(prompts, replies):
+    """Called in the rollout before the value pass: it can poison (and later restore) process 1's value head."""
+    global saved_bias
+    bias = trainer.value_head.net[2].bias
     if trainer.rank == 1 and trainer.step_idx == 1:
+        saved_bias = bias.detach().clone()
+        with torch.no_grad():
+            bias.fill_(float("nan"))
         return [float("nan")] * len(replies)
+    if saved_bias is not None:
+        with torch.no_grad():
+            bias.copy_(saved_bias)
+        saved_bias = None
     return [1.0 if r.startswith("Hello") else 0.0 for r in replies]
 
 
 cfg = PPOConfig(steps=3, batch_size=8, mini_batch_size=4, ppo_epochs=1, max_new_tokens=16, checkpoint_every=2)
-cfg.normalize_scores = False  # the NaN would otherwise enter the shared score statistics for good
 model, tokenizer = load_policy_and_reference(adapter, base), AutoTokenizer.from_pretrained(adapter)
 trainer = PPOTrainer(model, tokenizer, reward, prompts, cfg)
 before = sum(p.double().sum().item() for p in trainer.params)
@@ -46,6 +61,8 @@ seen = {
     "history": trainer.history,
     "beta": trainer.kl_ctl.beta,
     "skipped": trainer.skipped_batches,
+    "skipped_replies": trainer.skipped_replies,
+    "score_stats": vars(trainer.score_stats),
     "prompts_step0": trainer._prompts_for_step(0),
     "device": str(trainer.device),
 }

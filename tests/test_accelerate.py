@@ -2,6 +2,7 @@
 preset. Each result must be written once (by the main process), leave no temp folders, and load."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -69,7 +70,8 @@ def test_sft_under_accelerate_saves_once_and_loads(sft_run):
 def test_ppo_trainer_under_ddp_keeps_processes_in_step(sft_run, tmp_path):
     """Our PPOTrainer on 2 processes (tests/ddp_ppo_worker.py, 3 small steps): each process samples its own
     prompts, the weights stay identical (DDP averages gradients), logged stats and beta are the same on both,
-    a NaN reward on one process makes both skip; checkpoints are written once and load in one process."""
+    a NaN loss on one process makes both skip, NaN rewards on one leave the shared score statistics finite on both;
+    checkpoints are written once and load in one process."""
     root, out, _ = sft_run
     result = accelerate_launch(
         str(REPO / "tests" / "ddp_ppo_worker.py"), str(out / "adapter"), str(tmp_path), artifacts=root / "artifacts"
@@ -83,6 +85,8 @@ def test_ppo_trainer_under_ddp_keeps_processes_in_step(sft_run, tmp_path):
     assert first["params_after"] == second["params_after"]  # ...in step
     assert json.dumps(first["history"]) == json.dumps(second["history"]) and first["beta"] == second["beta"]
     assert first["skipped"] == second["skipped"] > 0
+    assert first["skipped_replies"] == second["skipped_replies"] == 8  # process 1's batch at step 1, seen by both
+    assert first["score_stats"] == second["score_stats"] and math.isfinite(first["score_stats"]["mean"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "final", "report.json"]
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00002"]
     assert leftovers(tmp_path) == []

@@ -1,5 +1,7 @@
-"""PPO: hand-computed cases for masks, whitening, KL and GAE; a learning test with a synthetic
-reward; exact resume; EOS-only replies; the NaN guard; reference = SFT adapter (KL starts at 0)."""
+"""PPO: hand-computed cases for every equation of ppo_math (masks, whitening, KL, GAE, the clipped losses and
+their clip fractions, the KL controller, the running score statistics); a learning test with a synthetic reward;
+exact resume; EOS-only replies; the NaN guards; reference = SFT adapter (KL starts at 0, is measured at beta = 0,
+sees its own encoder output); log-probs of the sampling distribution; dropout off whatever mode the model is in."""
 
 import math
 
@@ -8,6 +10,10 @@ import torch
 
 from rlhf_helpers.ppo import PPOConfig, PPOTrainer, load_policy_and_reference
 from rlhf_helpers.ppo_math import (
+    AdaptiveKLController,
+    RunningMoments,
+    clipped_policy_loss,
+    clipped_value_loss,
     entropy_from_logits,
     gae,
     gather_logprobs,
@@ -16,6 +22,7 @@ from rlhf_helpers.ppo_math import (
     masked_mean,
     masked_whiten,
     per_token_rewards,
+    policy_clip_fraction,
     response_mask,
 )
 
@@ -95,6 +102,73 @@ def test_token_logprob_equals_autograds_log_softmax_chain_to_the_last_bit(vocab)
         assert torch.equal(logprobs, gather_logprobs(logits, tokens))
         assert torch.equal(entropy, entropy_from_logits(logits))
         assert logprobs_and_entropy(logits, tokens, entropy=False)[1] is None
+
+
+def test_clipped_policy_loss_and_its_gradient_match_a_hand_computed_case():
+    """eps = 0.2; ratios 1.5, 1.5, 0.5, 0.5 against advantages +1, -1, +1, -1. Per token, max(-A r, -A clip(r)):
+    -1.2 (clipped: r moved past 1 + eps the way A pushes it), 1.5, -0.5, 0.8 (clipped); the mean is 0.15.
+    The gradient d loss / d log pi = -A r / 4 flows only through the two unclipped tokens."""
+    old = torch.log(torch.full((1, 4), 0.4))
+    new = (old + torch.log(torch.tensor([[1.5, 1.5, 0.5, 0.5]]))).requires_grad_()
+    adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    loss, ratio = clipped_policy_loss(new, old, adv, torch.ones(1, 4), cliprange=0.2)
+    assert loss.item() == pytest.approx(0.15, abs=1e-6)
+    assert torch.allclose(ratio, torch.tensor([[1.5, 1.5, 0.5, 0.5]]))
+    loss.backward()
+    assert torch.allclose(new.grad, torch.tensor([[0.0, 1.5 / 4, -0.5 / 4, 0.0]]), atol=1e-6)
+    # the clip fraction counts the tokens whose gradient was stopped: 2 of 4, not the 4 whose ratio left the range
+    assert policy_clip_fraction(ratio, adv, torch.ones(1, 4), 0.2).item() == 0.5
+    # ... and only masked tokens: the third and fourth are padding here
+    assert policy_clip_fraction(ratio, adv, torch.tensor([[1.0, 1.0, 0.0, 0.0]]), 0.2).item() == 0.5
+    ratio_in_range = torch.tensor([[1.1, 0.9, 1.5]])
+    assert policy_clip_fraction(ratio_in_range, torch.tensor([[1.0, -1.0, -1.0]]), torch.ones(1, 3), 0.2).item() == 0
+
+
+def test_clipped_value_loss_matches_a_hand_computed_case():
+    """eps_v = 0.2, returns 0. Token 0: V = 1 from V_old = 0.5, V_clip = 0.7: max(1, 0.49) = 1 (unclipped term wins).
+    Token 1: V = 0 from 0.5, V_clip = 0.3: max(0, 0.09) = 0.09 (the clip stops its gradient).
+    Loss 0.5 * (1 + 0.09) / 2 = 0.2725; clip fraction 1/2."""
+    values = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    loss, clipfrac = clipped_value_loss(values, torch.tensor([[0.5, 0.5]]), torch.zeros(1, 2), torch.ones(1, 2), 0.2)
+    assert loss.item() == pytest.approx(0.2725, abs=1e-6) and clipfrac.item() == 0.5
+    loss.backward()
+    assert torch.allclose(values.grad, torch.tensor([[0.5, 0.0]]))  # 0.5 * 2 (V - R) / 2 for token 0; none for 1
+
+
+def test_adaptive_kl_controller_matches_a_hand_computed_case():
+    ctl = AdaptiveKLController(beta=0.1, target=2.0, horizon=100)
+    ctl.update(kl=3.0, n_steps=10)  # error = clip(3/2 - 1, -0.2, 0.2) = 0.2: beta * (1 + 0.2 * 10/100)
+    assert ctl.beta == pytest.approx(0.102)
+    ctl.update(kl=1.8, n_steps=10)  # error = -0.1: beta * (1 - 0.1 * 0.1)
+    assert ctl.beta == pytest.approx(0.102 * 0.99)
+    ctl.update(kl=0.0, n_steps=100)  # error clipped at -0.2: beta * 0.8
+    assert ctl.beta == pytest.approx(0.102 * 0.99 * 0.8)
+
+
+def test_running_moments_match_a_hand_computed_case_and_skip_non_finite_scores():
+    stats = RunningMoments()
+    stats.update(torch.tensor([1.0, 2.0, 3.0]))
+    stats.update(torch.tensor([4.0, 5.0]))
+    # all five scores: mean 3, population variance (4 + 1 + 0 + 1 + 4) / 5 = 2 (the prior's weight is 1e-4)
+    assert stats.mean == pytest.approx(3.0, abs=1e-3) and stats.var == pytest.approx(2.0, abs=1e-3)
+    assert stats.count == pytest.approx(5.0, abs=1e-3) and stats.std == pytest.approx(math.sqrt(2.0), abs=1e-3)
+    before = dict(vars(stats))
+    stats.update(torch.tensor([float("nan"), float("inf")]))  # nothing finite: unchanged
+    assert vars(stats) == before
+    with_nan, without = RunningMoments(), RunningMoments()
+    with_nan.update(torch.tensor([1.0, float("nan"), 3.0]))
+    without.update(torch.tensor([1.0, 3.0]))
+    assert vars(with_nan) == vars(without)
+
+
+def test_whitening_a_near_constant_batch_does_not_amplify_its_noise():
+    x = torch.tensor([[1.0, 1.0 + 1e-6, 1.0 - 1e-6, 1.0]])
+    w = masked_whiten(x, torch.ones(1, 4))
+    noise = (x - x.mean()).abs().max()  # ~1e-6 (float32 rounds 1 - 1e-6 to 1 - 1.0133e-6)
+    assert w.abs().max() <= 100 * noise * (1 + 1e-4)  # at most 1 / min_std = 100-fold; without the floor ~1.2
+    healthy = torch.tensor([[0.5, -1.0, 2.0, 0.1]])  # std ~1.3: whitened as before
+    mean, std = healthy.mean(), healthy.std()
+    assert torch.allclose(masked_whiten(healthy, torch.ones(1, 4)), (healthy - mean) / std, atol=1e-6)
 
 
 # --------------------------------------------------------------------------- with a real tiny policy
@@ -189,20 +263,36 @@ def test_missing_eos_is_penalised(sft_adapter):
 
 
 def test_non_finite_loss_skips_the_batch_with_a_warning(sft_adapter):
-    trainer = make_trainer(sft_adapter, lambda p, r: [float("nan")] * len(r), normalize_scores=False)
-    before = [p.detach().clone() for p in trainer.params]
+    """A NaN inside the model (here a poisoned value head) makes the loss non-finite: the mini-batch is skipped."""
+    trainer = make_trainer(sft_adapter, hello_reward)
+    with torch.no_grad():
+        trainer.value_head.net[2].bias.fill_(float("nan"))
+    before = [p.detach().clone() for p in trainer.model.parameters()]
     with pytest.warns(UserWarning, match="non-finite loss"):
         trainer.step()
     assert trainer.skipped_batches > 0
-    assert all(torch.equal(a, b) for a, b in zip(before, trainer.params))
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
 
 
-@pytest.mark.parametrize("tempered", [True, False])
-def test_logprobs_are_of_the_sampling_distribution_only_when_tempered(sft_adapter, monkeypatch, tempered):
-    """Replies are drawn from softmax(z / T). With ``tempered_logprobs`` the rollout's log-probs are those of that
-    distribution (``generate``'s own processed scores); without, those of the untempered policy, softmax(z)."""
+def hello_after_nan(nan_steps: set[int], rows: slice = slice(None)):
+    """hello_reward, but NaN for ``rows`` of the replies at the given steps (a reward model that failed once)."""
+    calls = {"n": 0}
+
+    def reward(prompts, replies):
+        scores = hello_reward(prompts, replies)
+        if calls["n"] in nan_steps:
+            scores[rows] = [float("nan")] * len(scores[rows])
+        calls["n"] += 1
+        return scores
+
+    return reward
+
+
+def test_logprobs_are_of_the_sampling_distribution(sft_adapter, monkeypatch):
+    """Replies are drawn from softmax(z / T); the rollout's log-probs must be those of that distribution
+    (``generate``'s own processed scores), not of the untempered policy softmax(z)."""
     temperature = 0.5
-    trainer = make_trainer(sft_adapter, hello_reward, temperature=temperature, tempered_logprobs=tempered)
+    trainer = make_trainer(sft_adapter, hello_reward, temperature=temperature)
     prompts = trainer._prompts_for_step(0)
     batch, encoder_out = trainer._encode(prompts)
     torch.manual_seed(0)
@@ -215,18 +305,115 @@ def test_logprobs_are_of_the_sampling_distribution_only_when_tempered(sft_adapte
     mask = response_mask(responses, trainer.tokenizer.eos_token_id).bool()[:, 1:]
     monkeypatch.setattr(trainer.model, "generate", lambda **_: gen.sequences)
     ro = trainer.rollout(prompts)
-    scale = 1.0 if tempered else temperature  # untempered: softmax(z) = softmax(T * processed)
-    expected = (processed * scale).log_softmax(-1).gather(2, responses.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(ro["logprobs"][:, 1:][mask], expected[:, 1:][mask], atol=1e-4)
     sampled = processed.log_softmax(-1).gather(2, responses.unsqueeze(-1)).squeeze(-1)
-    assert torch.allclose(ro["logprobs"][:, 1:][mask], sampled[:, 1:][mask], atol=1e-4) == tempered
-    assert torch.allclose(ro["ref_logprobs"], ro["logprobs"])  # before any update policy = reference, either way
+    assert torch.allclose(ro["logprobs"][:, 1:][mask], sampled[:, 1:][mask], atol=1e-4)
+    untempered = (processed * temperature).log_softmax(-1).gather(2, responses.unsqueeze(-1)).squeeze(-1)
+    assert not torch.allclose(ro["logprobs"][:, 1:][mask], untempered[:, 1:][mask], atol=1e-2)
+    assert torch.allclose(ro["ref_logprobs"], ro["logprobs"])  # before any update policy = reference
 
 
-@pytest.mark.parametrize("tempered", [True, False])
-def test_the_update_pass_uses_the_rollouts_temperature(sft_adapter, tempered):
+def test_the_update_pass_uses_the_rollouts_temperature(sft_adapter):
     """With a zero learning rate the policy never moves, so every mini-batch's new log-probs must equal the rollout's
     old ones: no ratio is clipped and approx-KL is 0. A pass that forgot (or added) the division would show here."""
-    trainer = make_trainer(sft_adapter, hello_reward, temperature=0.5, tempered_logprobs=tempered, learning_rate=0.0)
+    trainer = make_trainer(sft_adapter, hello_reward, temperature=0.5, learning_rate=0.0)
     record = trainer.step()
     assert record["approx_kl"] < 1e-8 and record["clipfrac"] == 0.0, record
+
+
+def test_kl_to_sft_is_measured_when_its_penalty_is_zero(sft_adapter):
+    """beta = 0 removes the penalty, not the measurement: the reference pass still runs and the logged KL moves."""
+    trainer = make_trainer(sft_adapter, hello_reward, init_kl_coef=0.0, adaptive_kl=False, learning_rate=3e-3)
+    history = [trainer.step() for _ in range(3)]
+    assert history[0]["kl"] == 0.0 and trainer.kl_ctl.beta == 0.0
+    assert all(h["kl"] != 0.0 for h in history[1:]), [h["kl"] for h in history]
+    ro = trainer.rollout(trainer._prompts_for_step(3))
+    assert not torch.allclose(ro["logprobs"], ro["ref_logprobs"])
+
+
+def test_with_a_trained_encoder_the_reference_sees_its_own_sft_encoder_output(sft_adapter):
+    """train_encoder=True: once the policy's encoder LoRA has moved, the reference log-probs must still be pi_SFT's,
+    computed from the SFT adapter's own encoder output — not from the policy's."""
+    from rlhf_helpers.ppo import forward_policy
+
+    trainer = make_trainer(sft_adapter, hello_reward, train_encoder=True)
+    with torch.no_grad():  # move only the policy adapter's encoder LoRA
+        for name, p in trainer.model.named_parameters():
+            if ".encoder." in name and "lora_B.policy" in name:
+                p.add_(0.5 * torch.randn_like(p))
+    prompts = trainer._prompts_for_step(0)
+    torch.manual_seed(0)
+    ro = trainer.rollout(prompts)
+    trainer.model.set_adapter("reference")
+    with torch.no_grad():
+        sft_encoder_out = trainer._encoder_output(ro["batch"])
+        start = trainer.model.config.decoder_start_token_id
+        logits, _ = forward_policy(
+            trainer.model, sft_encoder_out, ro["batch"].attention_mask, ro["responses"], start, trainer.cfg.temperature
+        )
+    trainer._use_adapter("policy")
+    expected = gather_logprobs(logits, ro["responses"])
+    assert torch.allclose(ro["ref_logprobs"], expected, atol=1e-5)
+    assert not torch.allclose(ro["logprobs"], ro["ref_logprobs"], atol=1e-3)  # the encoders differ
+
+
+def test_dropout_is_off_in_every_pass_whatever_mode_the_model_was_loaded_in(sft_adapter):
+    """A model loaded another way (T5 and LoRA dropout 0.3, left in train mode): the trainer itself must switch dropout
+    off, so with a zero learning rate the ratio is exactly 1 and the reference equals the policy."""
+    from peft import PeftModel
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.presets import model_path
+
+    base = AutoModelForSeq2SeqLM.from_pretrained(model_path("tiny"), dropout_rate=0.3)
+    model = PeftModel.from_pretrained(base, sft_adapter, adapter_name="policy", is_trainable=True)
+    model.load_adapter(sft_adapter, adapter_name="reference", is_trainable=False)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.3  # LoRA's dropout too
+    model.set_adapter("policy")
+    model.train()
+    prompts = list(load_split("sft_train")["prompt"][:200])
+    cfg = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=24, learning_rate=0.0)
+    trainer = PPOTrainer(model, AutoTokenizer.from_pretrained(sft_adapter), hello_reward, prompts, cfg)
+    ro = trainer.rollout(trainer._prompts_for_step(0))
+    assert torch.equal(ro["logprobs"], ro["ref_logprobs"])
+    record = trainer.step()
+    assert record["approx_kl"] < 1e-8 and record["clipfrac"] == 0.0 and record["kl"] == 0.0, record
+
+
+def test_one_nan_batch_of_scores_does_not_poison_training(sft_adapter):
+    """The reward model returns NaN for a whole batch once: those replies are left out (with a warning), the score
+    statistics stay finite, and the next steps train normally."""
+    trainer = make_trainer(sft_adapter, hello_after_nan({0}), learning_rate=3e-3)
+    with pytest.warns(UserWarning, match="non-finite reward"):
+        trainer.step()
+    assert trainer.skipped_replies == 16 and trainer.score_stats.count == pytest.approx(1e-4)
+    before = [p.detach().clone() for p in trainer.params]
+    later = [trainer.step() for _ in range(2)]
+    assert math.isfinite(trainer.score_stats.mean) and trainer.skipped_batches == 0
+    assert all(math.isfinite(h["pg_loss"]) and math.isfinite(h["reward"]) for h in later)
+    assert not all(torch.equal(a, b) for a, b in zip(before, trainer.params))  # it trained
+
+
+def test_one_nan_score_leaves_out_that_reply_only(sft_adapter):
+    trainer = make_trainer(sft_adapter, hello_after_nan({0}, rows=slice(0, 1)))
+    with pytest.warns(UserWarning, match="1 non-finite reward"):
+        record = trainer.step()
+    assert trainer.score_stats.count == pytest.approx(15 + 1e-4)  # the 15 finite scores
+    assert trainer.skipped_batches == 0 and math.isfinite(record["pg_loss"]) and math.isfinite(record["reward"])
+
+
+def test_rollout_changes_no_trainer_state(sft_adapter):
+    """Evaluation samples with ``rollout`` too: it must not move the score statistics (or anything else)."""
+    trainer = make_trainer(sft_adapter, hello_reward)
+    trainer.step()
+    before = (dict(vars(trainer.score_stats)), trainer.kl_ctl.beta, trainer.step_idx, len(trainer.history))
+    trainer.rollout(trainer._prompts_for_step(5))
+    assert (dict(vars(trainer.score_stats)), trainer.kl_ctl.beta, trainer.step_idx, len(trainer.history)) == before
+
+
+def test_no_weight_decay_towards_the_base_model(sft_adapter):
+    """AdamW's decay would pull the LoRA weights to 0 — the bare base model, not the SFT policy the KL anchors to."""
+    trainer = make_trainer(sft_adapter, hello_reward)
+    assert all(group["weight_decay"] == 0.0 for group in trainer.optimizer.param_groups)
