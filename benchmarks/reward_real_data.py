@@ -165,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=3, help="article-grouped folds (each one is held out once)")
     ap.add_argument("--fold-seed", type=int, default=0, help="seed of the article shuffle")
     ap.add_argument("--only-folds", type=int, nargs="+", help="run only these fold indices (0-based)")
+    ap.add_argument("--cached-only", action="store_true", help="print the table of cached runs only; train nothing")
     ap.add_argument("--cache", type=Path, default=REPO / "benchmarks" / "reward_real_data_runs.json")
     args = ap.parse_args(argv)
 
@@ -186,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
 
             cfg = asdict(reward_defaults(args.backbone, seed=i, **RECIPES[name][1]))
             key = run_key(cfg, held_out, rows)
+            if key not in cache and args.cached_only:
+                continue
             if key not in cache:
                 print(f"  {name}, fold {i}: training ...", file=sys.stderr, flush=True)
                 cache[key] = {"recipe": name, "fold": i, **run_one(args.backbone, RECIPES[name][1], rows, held_out, i)}

@@ -260,6 +260,11 @@ def test_encoder_recipe_per_backbone_and_the_tiny_preset_unchanged():
         for key, value in ENCODER_RECIPE.items():
             if key != "max_train_pairs":
                 assert getattr(cfg, key) == value, (name, key)
+    from rlhf_helpers.config import device_name
+    from rlhf_helpers.reward import ENCODER_CPU_MAX_PAIRS
+
+    expected_cap = ENCODER_CPU_MAX_PAIRS if device_name() == "cpu" else None
+    assert reward_defaults("minilm").max_train_pairs == expected_cap
     assert reward_defaults("minilm", learning_rate=1e-4).learning_rate == 1e-4  # overrides still win
 
 
