@@ -8,11 +8,11 @@ held-out fold with ``evaluate_reward_model``. Prints a markdown table: held-out 
 over folds, the length-only baseline on the same folds, training seconds, and how often the
 "learnt nothing" warning fired.
 
-    python benchmarks/reward_real_data.py                      # every recipe, 3 folds (~1 h on 2 CPU cores)
+    python benchmarks/reward_real_data.py                      # every recipe, 3 folds: hours (17-30 min a run)
     python benchmarks/reward_real_data.py --recipes default    # the CLI's default only
     python benchmarks/reward_real_data.py --folds 5 --recipes default full_ft_resp_first
 
-Each (recipe, fold) result is cached in ``--cache`` (default benchmarks/reward_real_data_runs.json,
+Each (recipe, fold) result is cached in ``--cache`` (default artifacts/reward_real_data_runs.json, git-ignored,
 keyed by the recipe's full config and the fold's article ids), so a run can be stopped and resumed and
 the table re-printed without retraining.
 """
@@ -104,8 +104,16 @@ def article_folds(rows: list[dict], k: int, seed: int = 0) -> list[set[str]]:
 
 def run_key(cfg: dict, held_out: set[str], rows: list[dict]) -> str:
     """The cache key of one run: its config and held-out articles. A pair cap at or above the fold's
-    training size subsamples nothing, so it is left out (the same run whatever the cap)."""
-    cfg = dict(cfg)
+    training size subsamples nothing, so it is left out (the same run whatever the cap); so are settings that
+    the run does not use (LoRA's rank without LoRA, the length rate without the length term). A field that a
+    run's code did not have yet takes RewardConfig's default (the behaviour of that code)."""
+    from rlhf_helpers.reward import RewardConfig
+
+    cfg = {**asdict(RewardConfig()), **cfg}
+    if not cfg["use_lora"]:  # LoRA's rank and alpha mean nothing to a full fine-tune
+        cfg["lora_r"] = cfg["lora_alpha"] = None
+    if not cfg["length_feature"]:
+        cfg["length_learning_rate"] = None
     n_train = sum(r["article_id"] not in held_out for r in rows)
     if cfg.get("max_train_pairs") is not None and cfg["max_train_pairs"] >= n_train:
         cfg["max_train_pairs"] = None
@@ -166,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fold-seed", type=int, default=0, help="seed of the article shuffle")
     ap.add_argument("--only-folds", type=int, nargs="+", help="run only these fold indices (0-based)")
     ap.add_argument("--cached-only", action="store_true", help="print the table of cached runs only; train nothing")
-    ap.add_argument("--cache", type=Path, default=REPO / "benchmarks" / "reward_real_data_runs.json")
+    ap.add_argument("--cache", type=Path, default=REPO / "artifacts" / "reward_real_data_runs.json")
     args = ap.parse_args(argv)
 
     rows = load_rows(args.data)
