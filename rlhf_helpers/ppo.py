@@ -319,9 +319,12 @@ class PPOTrainer:
                     stats["approx_kl"].append(0.5 * masked_mean((logprobs - ro["logprobs"][idx]) ** 2, m).item())
                     stats["vf_clipfrac"].append(vf_clipfrac.item())
 
-        explained_var = 1 - torch.var((returns - ro["values"])[mask.bool()]) / torch.var(returns[mask.bool()]).clamp(
-            min=1e-8
-        )
+        trained = mask.bool()
+        if trained.sum() > 1:  # 1 - Var(R - V) / Var(R): how much of the returns the value head predicts
+            unexplained = torch.var((returns - ro["values"])[trained])
+            explained_var = 1 - unexplained / torch.var(returns[trained]).clamp(min=1e-8)
+        else:  # no finite score in the batch: nothing to explain
+            explained_var = torch.tensor(float("nan"))
         # accelerate: each process saw its own replies; log (and adapt beta to) the mean over processes
         record = mean_over_processes(
             {
