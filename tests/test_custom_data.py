@@ -230,15 +230,15 @@ def test_gold_judge_report_measures_against_unseen_labels(custom):
 def test_every_cli_stage_runs_on_a_custom_folder(custom, tmp_path, monkeypatch):
     """sft -> reward -> ppo -> evaluate through the command line on the custom folder, small step counts."""
     art = tmp_path / "artifacts"
-    monkeypatch.setenv("RLHF_TINY_STEPS", "60")  # a real base build from this corpus, in seconds
-    env = {"RLHF_TINY_STEPS": "60"}
+    monkeypatch.setenv("RLHF_TINY_STEPS", "30")  # a real base build from this corpus, in seconds
+    env = {"RLHF_TINY_STEPS": "30"}
     common = ["--data", str(custom), "--quiet"]
-    sft = run_cli("sft", *common, "--out", str(art / "sft"), "--epochs", "2", env=env)
+    sft = run_cli("sft", *common, "--out", str(art / "sft"), "--epochs", "1", env=env)
     assert sft.returncode == 0, sft.stderr[-3000:]
     sft_metrics = json.loads((art / "sft" / "metrics.json").read_text())
     assert sft_metrics["n_eval"] == 10 and sft_metrics["rougeL"] >= 0
 
-    reward = run_cli("reward", *common, "--out", str(art / "reward"), "--epochs", "2", env=env)
+    reward = run_cli("reward", *common, "--out", str(art / "reward"), "--epochs", "1", env=env)
     assert reward.returncode == 0, reward.stderr[-3000:]
     rm = json.loads((art / "reward" / "metrics.json").read_text())
     proxy_pairs = sum(1 for _ in open(art / "data" / "pref_train.jsonl"))
@@ -262,5 +262,5 @@ def test_every_cli_stage_runs_on_a_custom_folder(custom, tmp_path, monkeypatch):
     from rlhf_helpers.tiny_model import build_info
 
     info = build_info(model_path("tiny", progress=False))
-    assert info["recipe"]["pretrain_steps"] == 60 and info["recipe"]["max_length"] == 96
+    assert info["recipe"]["pretrain_steps"] == 30 and info["recipe"]["max_length"] == 96
     assert info["pretrain_loss_last"] < info["pretrain_loss_first"]
