@@ -70,8 +70,10 @@ class PPOConfig:
     learning_rate: float = 1e-4
     max_new_tokens: int = 64
     min_new_tokens: int = 1
-    # rollouts sample from softmax(z / temperature), and every log-prob (old, new, reference) is of that distribution;
-    # evaluation decodes greedily.
+    # Rollouts sample from softmax(z / temperature), and every log-prob (old, new, reference) is of that distribution;
+    # evaluation decodes greedily. 1.0: PPO then optimises and measures the model's own distribution. On the tiny preset
+    # 0.7 did as well within seed noise (benchmarks/ppo_seeds.json, notebook 05 exercise 4); the untempered log-probs
+    # at 0.7 that an earlier version used were a biased estimator.
     temperature: float = 1.0
     top_k: int = 0  # 0 / 1.0: no cut. A top-k/top-p cut is not in the log-probs (nor in trl's or OpenRLHF's)
     top_p: float = 1.0

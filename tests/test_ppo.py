@@ -417,3 +417,27 @@ def test_no_weight_decay_towards_the_base_model(sft_adapter):
     """AdamW's decay would pull the LoRA weights to 0 — the bare base model, not the SFT policy the KL anchors to."""
     trainer = make_trainer(sft_adapter, hello_reward)
     assert all(group["weight_decay"] == 0.0 for group in trainer.optimizer.param_groups)
+
+
+def test_the_three_seed_results_are_current_and_meet_the_course_targets():
+    """benchmarks/ppo_seeds.json holds the defaults' gold win rate over SFT for PPO seeds 0, 1, 2
+    (notebook 05 prints it).
+    It must come from the current PPO code (its digest: a behaviour change means re-running the script) and meet the
+    course's targets: mean >= 0.75, no seed below 0.60, KL to SFT within the stated bound."""
+    import importlib.util
+    import json
+
+    from rlhf_helpers.config import REPO_ROOT
+    from rlhf_helpers.ppo_stage import KL_BOUND
+
+    spec = importlib.util.spec_from_file_location("ppo_seeds", REPO_ROOT / "benchmarks" / "ppo_seeds.py")
+    ppo_seeds = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ppo_seeds)
+    results = json.loads((REPO_ROOT / "benchmarks" / "ppo_seeds.json").read_text())
+    defaults = results["defaults"]
+    assert defaults["code_sha256"] == ppo_seeds.code_digest(), "PPO code changed: run python benchmarks/ppo_seeds.py"
+    assert defaults["seeds"] == [0, 1, 2] and defaults["overrides"] == {} and defaults["preset"] == "tiny"
+    wins = [run["win_rate_vs_sft"] for run in defaults["runs"].values()]
+    assert defaults["summary"]["win_rate_vs_sft"]["mean"] == pytest.approx(sum(wins) / 3)
+    assert sum(wins) / 3 >= 0.75 and min(wins) >= 0.60, wins
+    assert all(run["kl_end"] <= KL_BOUND for run in defaults["runs"].values())
