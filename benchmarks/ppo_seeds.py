@@ -39,7 +39,7 @@ def code_digest() -> str:
     """sha256 over the syntax trees of the PPO code whose behaviour the numbers describe, comments and
     docstrings left out: editing the prose does not make the numbers stale, changing the code does."""
     h = hashlib.sha256()
-    for name in ("ppo.py", "ppo_math.py", "ppo_stage.py"):
+    for name in ("ppo.py", "ppo_math.py", "ppo_stage.py", "policy.py"):
         tree = ast.parse((REPO / "rlhf_helpers" / name).read_text())
         for node in ast.walk(tree):
             body = getattr(node, "body", None)

@@ -335,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --data {args.data}: no such folder", file=sys.stderr)
             return EXIT_BAD_INPUT
         os.environ["RLHF_DATA_DIR"] = str(folder.resolve())
+    if getattr(args, "preset", None) and args.command not in ("run", "validate"):
+        # The stages read and write the artifacts of the preset they train (config.artifacts_dir is keyed by it).
+        os.environ["RLHF_PRESET"] = args.preset
     if args.command not in ("run", "validate"):  # the commands that compute in this process
         # First, before any tensor work: CPU threads started later inherit the flush-to-zero mode, as in
         # the notebooks (their CONFIG cell calls set_seed first), so a stage gives the same numbers both ways.

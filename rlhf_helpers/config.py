@@ -4,7 +4,8 @@ One seed drives data splits, model initialisation and sampling (``set_seed``). P
 moved with environment variables so the same code serves a laptop, CI, Colab and a GPU box:
 
 * ``RLHF_CACHE``      built tiny presets (default: ``$XDG_CACHE_HOME/rlhf-course`` or ``~/.cache/rlhf-course``)
-* ``RLHF_ARTIFACTS``  trained adapters, reward models, metrics (default: ``<repo>/artifacts``)
+* ``RLHF_ARTIFACTS``  trained adapters, reward models, metrics (default: ``<repo>/artifacts``; presets other
+  than ``tiny`` in a subfolder named after the preset, see ``artifacts_dir``)
 * ``RLHF_DATA_DIR``   the data folder: the course dataset (default: ``<repo>/data``) or your own
   (``sft``, ``preferences`` and ``eval`` files; ``python -m rlhf_helpers run --data DIR`` sets it)
 * ``RLHF_PRESET``     the model preset every notebook and CLI command uses (default: ``tiny``)
@@ -66,8 +67,30 @@ def cache_dir() -> Path:
     return Path(base) / "rlhf-course"
 
 
-def artifacts_dir() -> Path:
-    return Path(os.environ.get("RLHF_ARTIFACTS", REPO_ROOT / "artifacts")).expanduser()
+#: The default preset. Its artifacts sit at the top of the artifacts folder; every other preset's in a subfolder.
+DEFAULT_PRESET = "tiny"
+
+
+def artifacts_dir(preset: str | None = None) -> Path:
+    """Where the trained adapters, reward models and metrics of ``preset`` (default: the current preset) live.
+
+    Keyed by preset, so a learner can switch presets (``tiny`` -> ``tiny-causal`` -> ``tiny``) without deleting
+    anything and no notebook reuses another preset's SFT adapter or reward model: ``tiny``'s are at the top of
+    ``RLHF_ARTIFACTS`` (``<repo>/artifacts`` by default, as before presets were keyed), any other preset's in a
+    subfolder named after it (``artifacts/tiny-causal/sft``)."""
+    root = Path(os.environ.get("RLHF_ARTIFACTS", REPO_ROOT / "artifacts")).expanduser()
+    name = preset or preset_name()
+    return root if name == DEFAULT_PRESET else root / name
+
+
+def select_preset(name: str) -> str:
+    """Make ``name`` the current preset of this process (and of the notebook kernels it starts), after checking
+    it exists; returns it. The notebooks' CONFIG cells and the command line call this, so that every stage of a run
+    reads and writes the artifacts of the preset it trains (:func:`artifacts_dir`)."""
+    from rlhf_helpers.presets import get_preset
+
+    os.environ["RLHF_PRESET"] = get_preset(name).name
+    return name
 
 
 def data_dir() -> Path:
@@ -92,7 +115,7 @@ def on_course_data() -> bool:
         return False
 
 
-def preset_name(default: str = "tiny") -> str:
+def preset_name(default: str = DEFAULT_PRESET) -> str:
     return os.environ.get("RLHF_PRESET", default)
 
 

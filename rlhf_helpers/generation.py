@@ -1,9 +1,11 @@
 """Batched generation shared by every stage (SFT evaluation, PPO rollouts' evaluation, the final
-comparison), so all of them decode the same way."""
+comparison), so all of them decode the same way, for both architectures (through :mod:`rlhf_helpers.policy`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from rlhf_helpers.policy import policy_for
 
 
 @dataclass(frozen=True)
@@ -41,17 +43,11 @@ def generate_responses(
     kwargs = {"max_new_tokens": settings.max_new_tokens, "do_sample": settings.do_sample}
     if settings.do_sample:
         kwargs.update(temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p)
+    policy = policy_for(model, tokenizer, max_source_length)  # encoder-decoder or decoder-only (left-padded prompts)
     starts = range(0, len(prompts), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
-        batch = tokenizer(
-            prompts[start : start + batch_size],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=max_source_length,
-        ).to(device)
-        with torch.no_grad():
-            out = model.generate(**batch, **kwargs)
+        batch = policy.tokenize(prompts[start : start + batch_size], device)
+        out = policy.generate(batch, **kwargs)  # the reply tokens only
         replies.extend(t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True))
     model.train(was_training)
     return replies

@@ -1,4 +1,4 @@
-"""Stage 5, PPO for encoder-decoder policies — read ``ppo_math.py`` (the equations), then this file.
+"""Stage 5, PPO for encoder-decoder and decoder-only policies — read ``ppo_math.py`` (the equations), then this file.
 
 The objective (Stiennon et al. 2020, eq. 2): maximise, over the policy pi,
 
@@ -27,8 +27,9 @@ Design decisions (each fixes a known pain of trl 0.11.4's seq2seq PPO):
   ``train_encoder=True`` the reference gets its own, SFT, encoder output); log-probs are
   z_y - logsumexp(z), never a full log-softmax, with a one-buffer backward (``gather_logprobs``), reply
   by reply in the no-grad passes (``logprobs_and_entropy``).
-Only ``forward_policy`` knows the model is an encoder-decoder: a decoder-only policy needs a
-forward that returns (logits, hidden) for the response positions; masks and losses are shared.
+Only the policy interface (:mod:`rlhf_helpers.policy`) knows the architecture: it encodes prompts, samples
+replies and returns (logits, hidden) at the reply positions, for T5 (encoder output reused) or for a decoder-only
+model (left-padded prompts, logits only where they predict the reply); masks, KL, GAE and losses are shared.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ import torch
 
 from rlhf_helpers.config import course_seed, fast_cpu_math
 from rlhf_helpers.distributed import ddp_accelerator, mean_over_processes
+from rlhf_helpers.policy import policy_for
 from rlhf_helpers.ppo_math import (  # the equations, one small tested function each: read ppo_math.py first
     AdaptiveKLController,
     RunningMoments,
@@ -115,36 +117,18 @@ class ValueHead(torch.nn.Module):
         return self.net(hidden).squeeze(-1)
 
 
-def forward_policy(model, encoder_out, attention_mask, responses, start_token_id: int, temperature: float = 1.0):
-    """(logits / temperature, decoder hidden states) for every reply position, teacher-forced.
-
-    The decoder input is the reply shifted right behind the start token, so position t predicts
-    reply token t — including t = 0, the first generated token. Encoder-decoder specific.
-    Dividing by the sampling temperature makes every log-prob (old, new, reference) that of the
-    distribution the replies were really drawn from, softmax(z / T) (OpenRLHF #853 and later trl do the
-    same), up to generate's other processors: the EOS ban before ``min_new_tokens`` and any top-k/top-p cut.
-    """
-    decoder_input = torch.cat([torch.full_like(responses[:, :1], start_token_id), responses[:, :-1]], dim=1)
-    out = model(
-        encoder_outputs=encoder_out,
-        attention_mask=attention_mask,
-        decoder_input_ids=decoder_input,
-        output_hidden_states=True,
-        use_cache=False,
-    )
-    return (out.logits if temperature == 1.0 else out.logits / temperature), out.decoder_hidden_states[-1]
-
-
 class PolicyWithValue(torch.nn.Module):
     """The trainable parts in one module, (logits, values) per reply position: what PPO updates,
-    and what ``accelerator.prepare`` wraps so that DDP averages their gradients across processes."""
+    and what ``accelerate.prepare`` wraps so that DDP averages their gradients across processes.
+    ``policy`` (see :mod:`rlhf_helpers.policy`) is the only part that knows the model's architecture."""
 
-    def __init__(self, model, value_head: ValueHead):
+    def __init__(self, policy, value_head: ValueHead):
         super().__init__()
-        self.model, self.value_head = model, value_head
+        self.model, self.value_head = policy.model, value_head
+        self.policy = policy
 
-    def forward(self, encoder_out, attention_mask, responses, start_token_id: int, temperature: float = 1.0):
-        logits, hidden = forward_policy(self.model, encoder_out, attention_mask, responses, start_token_id, temperature)
+    def forward(self, batch, responses, temperature: float = 1.0, encoder_grad: bool = False):
+        logits, hidden = self.policy.forward(batch, responses, temperature, encoder_grad=encoder_grad)
         return logits, self.value_head(hidden)
 
 
@@ -167,8 +151,10 @@ class PPOTrainer:
         self.accelerator = ddp_accelerator()
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
         self.device = self.accelerator.device
+        # The one part that knows the architecture: encoder-decoder or decoder-only (rlhf_helpers.policy).
+        self.policy = policy_for(model, tokenizer, max_source_length)
         torch.manual_seed(cfg.seed)
-        self.value_head = ValueHead(model.config.d_model).to(self.device)
+        self.value_head = ValueHead(model.config.hidden_size).to(self.device)
         self._use_adapter("policy")
         self.params = [p for p in self.model.parameters() if p.requires_grad] + list(self.value_head.parameters())
         # No weight decay: it would pull the LoRA weights towards 0, i.e. the policy towards the bare base model,
@@ -176,7 +162,7 @@ class PPOTrainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.learning_rate, eps=1e-5, weight_decay=0.0)
         # accelerate: moves to the device; under DDP wraps the trainable parts (self.model stays unwrapped).
         self.policy_and_value, self.optimizer = self.accelerator.prepare(
-            PolicyWithValue(self.model, self.value_head), self.optimizer
+            PolicyWithValue(self.policy, self.value_head), self.optimizer
         )
         self.kl_ctl = AdaptiveKLController(cfg.init_kl_coef, cfg.kl_target, cfg.kl_horizon)
         self.score_stats = RunningMoments()
@@ -194,21 +180,15 @@ class PPOTrainer:
     def _use_adapter(self, name: str) -> None:
         self.model.set_adapter(name)  # peft: also makes only this adapter's weights trainable
         # Encoder LoRA frozen (default): policy and reference share one encoder output per batch.
-        if name == "policy" and not self.cfg.train_encoder:
+        if name == "policy" and self.policy.is_encoder_decoder and not self.cfg.train_encoder:
             for pname, p in self.model.named_parameters():
                 if ".encoder." in pname:
                     p.requires_grad_(False)
 
-    def _encode(self, prompts: list[str]):
-        batch = self.tokenizer(
-            prompts, return_tensors="pt", padding=True, truncation=True, max_length=self.max_source_length
-        ).to(self.device)
-        return batch, self._encoder_output(batch)
-
-    def _encoder_output(self, batch):
-        """The encoder's output under the active adapter (no gradient: the rollout's)."""
-        with torch.no_grad():
-            return self.model.get_encoder()(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    @property
+    def train_encoder(self) -> bool:
+        """Whether the update re-runs the encoder with gradients (encoder-decoders with ``train_encoder=True``)."""
+        return self.policy.is_encoder_decoder and self.cfg.train_encoder
 
     def _prompts_for_step(self, step: int) -> list[str]:
         """batch_size prompts per process: drawn for all processes at once, each takes its own share."""
@@ -224,11 +204,10 @@ class PPOTrainer:
         ``step``. ``scores`` are the reward model's minus the missing-EOS penalty, not yet normalised."""
         cfg, tok = self.cfg, self.tokenizer
         self._no_dropout()
-        batch, encoder_out = self._encode(prompts)
+        batch = self.policy.encode(prompts, self.device)  # an encoder-decoder's encoder runs here, once
         with torch.no_grad():
-            gen = self.model.generate(
-                encoder_outputs=encoder_out,
-                attention_mask=batch.attention_mask,
+            responses = self.policy.generate(  # right-padded after EOS (the decoder start token / the prompt cut off)
+                batch,
                 do_sample=True,
                 temperature=cfg.temperature,
                 top_k=cfg.top_k,
@@ -236,16 +215,14 @@ class PPOTrainer:
                 max_new_tokens=cfg.max_new_tokens,
                 min_new_tokens=cfg.min_new_tokens,
             )
-        responses = gen[:, 1:]  # drop the decoder start token; right-padded with pad after EOS
-        mask = response_mask(responses, tok.eos_token_id)
+        mask = response_mask(responses, tok.eos_token_id)  # from the first EOS, never from ids != pad
         replies = tok.batch_decode(responses, skip_special_tokens=True)
         scores = torch.tensor(self.reward_fn(prompts, replies), dtype=torch.float, device=self.device)
         raw_scores = scores.clone()
         has_eos = (responses == tok.eos_token_id).any(dim=1)
         scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
-        teacher_forced = (batch.attention_mask, responses, self.model.config.decoder_start_token_id, cfg.temperature)
         with torch.no_grad():
-            logits, hidden = forward_policy(self.model, encoder_out, *teacher_forced)
+            logits, hidden = self.policy.forward(batch, responses, cfg.temperature)
             logprobs, entropy = logprobs_and_entropy(logits, responses)  # reply by reply: less memory
             entropy = masked_mean(entropy, mask)
             values = self.value_head(hidden)
@@ -253,12 +230,12 @@ class PPOTrainer:
             # The reference pass runs whatever beta is: the KL to pi_SFT is always measured (the penalty may be 0).
             self._use_adapter("reference")
             # With a trained encoder LoRA the reference is pi_SFT only with its own (SFT) encoder output.
-            ref_encoder_out = self._encoder_output(batch) if cfg.train_encoder else encoder_out
-            ref_logits, _ = forward_policy(self.model, ref_encoder_out, *teacher_forced)
+            ref_batch = self.policy.run_encoder(batch) if self.train_encoder else batch
+            ref_logits, _ = self.policy.forward(ref_batch, responses, cfg.temperature)
             ref_logprobs, _ = logprobs_and_entropy(ref_logits, responses, entropy=False)
             self._use_adapter("policy")
             del ref_logits
-        sampled = dict(batch=batch, encoder_out=encoder_out, responses=responses, mask=mask, replies=replies)
+        sampled = dict(batch=batch, responses=responses, mask=mask, replies=replies)
         scored = dict(scores=scores, raw_scores=raw_scores, has_eos=has_eos, entropy=entropy.item())
         return {**sampled, **scored, "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values}
 
@@ -282,22 +259,15 @@ class PPOTrainer:
         advantages = masked_whiten(advantages, mask)
 
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac")}
-        start = self.model.config.decoder_start_token_id
-        enc_hidden = ro["encoder_out"].last_hidden_state
         self._no_dropout()
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(cfg.batch_size)
             for i in range(0, cfg.batch_size, cfg.mini_batch_size):
                 idx = order[i : i + cfg.mini_batch_size]
                 m = mask[idx]
-                if not cfg.train_encoder:
-                    enc = (enc_hidden[idx],)
-                else:
-                    enc = self.model.get_encoder()(
-                        input_ids=ro["batch"].input_ids[idx], attention_mask=ro["batch"].attention_mask[idx]
-                    )
+                # the rollout's encoder output is reused, unless the encoder LoRA trains (then it re-runs)
                 logits, values = self.policy_and_value(
-                    enc, ro["batch"].attention_mask[idx], ro["responses"][idx], start, cfg.temperature
+                    ro["batch"].rows(idx), ro["responses"][idx], cfg.temperature, encoder_grad=self.train_encoder
                 )
                 logprobs = gather_logprobs(logits, ro["responses"][idx])
                 pg_loss, ratio = clipped_policy_loss(logprobs, ro["logprobs"][idx], advantages[idx], m, cfg.cliprange)
@@ -425,12 +395,18 @@ class PPOTrainer:
         return self.history
 
 
-def load_policy_and_reference(adapter_dir: str | Path, base_path: str):
-    """Base model + the SFT adapter twice: ``policy`` (trainable) and ``reference`` (frozen)."""
-    from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM
+def load_policy_and_reference(adapter_dir: str | Path, base):
+    """Base model + the SFT adapter twice: ``policy`` (trainable) and ``reference`` (frozen).
 
-    base = AutoModelForSeq2SeqLM.from_pretrained(base_path)
+    ``base``: the loaded base model, or a folder that ``from_pretrained`` reads (the class follows its config:
+    encoder-decoder or causal)."""
+    from peft import PeftModel
+
+    if isinstance(base, (str, Path)):
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+        seq2seq = AutoConfig.from_pretrained(base).is_encoder_decoder
+        base = (AutoModelForSeq2SeqLM if seq2seq else AutoModelForCausalLM).from_pretrained(base)
     model = PeftModel.from_pretrained(base, adapter_dir, adapter_name="policy", is_trainable=True)
     model.load_adapter(adapter_dir, adapter_name="reference", is_trainable=False)
     model.set_adapter("policy")

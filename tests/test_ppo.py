@@ -294,9 +294,9 @@ def test_logprobs_are_of_the_sampling_distribution(sft_adapter, monkeypatch):
     temperature = 0.5
     trainer = make_trainer(sft_adapter, hello_reward, temperature=temperature)
     prompts = trainer._prompts_for_step(0)
-    batch, encoder_out = trainer._encode(prompts)
+    batch = trainer.policy.encode(prompts, trainer.device)
     torch.manual_seed(0)
-    kwargs = dict(encoder_outputs=encoder_out, attention_mask=batch.attention_mask, do_sample=True, top_k=0)
+    kwargs = dict(encoder_outputs=batch.encoder_out, attention_mask=batch.attention_mask, do_sample=True, top_k=0)
     kwargs.update(temperature=temperature, min_new_tokens=trainer.cfg.min_new_tokens, max_new_tokens=8)
     gen = trainer.model.generate(**kwargs, output_scores=True, return_dict_in_generate=True)
     responses = gen.sequences[:, 1:]
@@ -333,8 +333,6 @@ def test_kl_to_sft_is_measured_when_its_penalty_is_zero(sft_adapter):
 def test_with_a_trained_encoder_the_reference_sees_its_own_sft_encoder_output(sft_adapter):
     """train_encoder=True: once the policy's encoder LoRA has moved, the reference log-probs must still be pi_SFT's,
     computed from the SFT adapter's own encoder output — not from the policy's."""
-    from rlhf_helpers.ppo import forward_policy
-
     trainer = make_trainer(sft_adapter, hello_reward, train_encoder=True)
     with torch.no_grad():  # move only the policy adapter's encoder LoRA
         for name, p in trainer.model.named_parameters():
@@ -345,11 +343,8 @@ def test_with_a_trained_encoder_the_reference_sees_its_own_sft_encoder_output(sf
     ro = trainer.rollout(prompts)
     trainer.model.set_adapter("reference")
     with torch.no_grad():
-        sft_encoder_out = trainer._encoder_output(ro["batch"])
-        start = trainer.model.config.decoder_start_token_id
-        logits, _ = forward_policy(
-            trainer.model, sft_encoder_out, ro["batch"].attention_mask, ro["responses"], start, trainer.cfg.temperature
-        )
+        sft_batch = trainer.policy.run_encoder(ro["batch"])  # the encoder under the reference (SFT) adapter
+        logits, _ = trainer.policy.forward(sft_batch, ro["responses"], trainer.cfg.temperature)
     trainer._use_adapter("policy")
     expected = gather_logprobs(logits, ro["responses"])
     assert torch.allclose(ro["ref_logprobs"], expected, atol=1e-5)
