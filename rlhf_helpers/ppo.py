@@ -398,11 +398,16 @@ class PPOTrainer:
 def load_policy_and_reference(adapter_dir: str | Path, base):
     """Base model + the SFT adapter twice: ``policy`` (trainable) and ``reference`` (frozen).
 
-    ``base``: the loaded base model, or a folder that ``from_pretrained`` reads (the class follows its config:
+    ``base``: the loaded base model, a preset name (loaded as :func:`rlhf_helpers.presets.load_base` loads it, e.g.
+    SmolLM2 from its GGUF file), or a folder that ``from_pretrained`` reads (the class follows its config:
     encoder-decoder or causal)."""
     from peft import PeftModel
 
-    if isinstance(base, (str, Path)):
+    from rlhf_helpers import presets
+
+    if isinstance(base, str) and base in presets.PRESETS:
+        base = presets.load_base(base)[0]
+    elif isinstance(base, (str, Path)):
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
         seq2seq = AutoConfig.from_pretrained(base).is_encoder_decoder
