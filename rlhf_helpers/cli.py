@@ -61,15 +61,16 @@ def _cmd_build_tiny(args: argparse.Namespace) -> int:
     from rlhf_helpers.presets import model_path
 
     try:
-        path = Path(model_path("tiny"))
+        path = Path(model_path(args.preset))
     except (FileNotFoundError, ValueError) as e:  # the data folder it is built from: missing files, bad rows
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     info = json.loads((path / "build_info.json").read_text())
     print(
-        f"tiny preset at {path}: {info['parameters']:,} parameters, vocab {info['vocab_size']}, "
+        f"{args.preset} preset at {path}: {info['parameters']:,} parameters, vocab {info['vocab_size']}, "
         f"built in {info['build_seconds']} s, pretraining loss {info['pretrain_loss_first']:.2f} -> "
         f"{info['pretrain_loss_last']:.2f}"
+        + (f" (unigram {info['unigram_loss']:.2f})" if "unigram_loss" in info else "")
     )
     return EXIT_OK
 
@@ -312,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("build-tiny", help="build (or show) the cached offline tiny preset")
+    p = sub.add_parser("build-tiny", help="build (or show) a cached offline tiny preset (T5 or decoder-only)")
+    p.add_argument("--preset", default="tiny", choices=["tiny", "tiny-causal"])
     p.set_defaults(func=_cmd_build_tiny)
 
     for name, command in sub.choices.items():
