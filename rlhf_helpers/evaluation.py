@@ -340,7 +340,7 @@ def load_policies(preset: str | None = None, ppo_dir: str | Path | None = None, 
     cfg = load_ppo_config(final / "ppo_config.json")
     base_path = model_path(preset)
     with _quiet_transformers():
-        model = load_policy_and_reference(sft_dir, base_path)
+        model = load_policy_and_reference(sft_dir, preset)
         tokenizer = AutoTokenizer.from_pretrained(sft_dir)
         reward_model = load_reward_model(reward_dir)
     trainer = PPOTrainer(model, tokenizer, reward_model.score, [], cfg, max_source_length=max_source)
@@ -650,7 +650,6 @@ def sweep_candidates(policies: Policies, needed: int, progress: bool = True) -> 
     run saved too few checkpoints. A cached run is reused only if its config and SFT start match."""
     from rlhf_helpers.ppo import PPOTrainer, load_policy_and_reference
     from rlhf_helpers.ppo_stage import ppo_defaults, train_prompts
-    from rlhf_helpers.presets import model_path
 
     out = []
     for beta in SWEEP_BETAS[:needed]:
@@ -660,7 +659,7 @@ def sweep_candidates(policies: Policies, needed: int, progress: bool = True) -> 
         folder = evaluation_dir() / "sweep" / f"beta_{beta:g}_{tag}"
         final = folder / "final"
         if not (final / "ppo_config.json").exists():
-            model = load_policy_and_reference(policies.sft_dir, model_path(policies.preset))
+            model = load_policy_and_reference(policies.sft_dir, policies.preset)
             trainer = PPOTrainer(
                 model,
                 policies.tokenizer,

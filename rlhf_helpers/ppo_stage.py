@@ -21,11 +21,17 @@ KL_BOUND = 12.0
 def ppo_defaults(preset: str = "tiny", **overrides) -> PPOConfig:
     """Defaults per preset. The adaptive controller aims at ``kl_target`` nats per reply; the stage
     checks the final KL stays under :data:`KL_BOUND`."""
+    from rlhf_helpers.config import device_name
     from rlhf_helpers.presets import get_preset
 
     cfg = default_config()
-    if get_preset(preset).hub_name is not None:
+    if get_preset(preset).hub_name is not None:  # real pretrained weights: gentle steps
         cfg = replace(cfg, learning_rate=1.4e-5, batch_size=64, mini_batch_size=16, max_new_tokens=128, steps=200)
+        if device_name() == "cpu":
+            # A CPU demonstration that finishes in minutes (a SmolLM2-135M PPO step of 8 replies takes tens of
+            # seconds on 2 cores); the settings above are for a GPU.
+            cfg = replace(cfg, batch_size=8, mini_batch_size=4, ppo_epochs=2, max_new_tokens=32, steps=4,
+                          checkpoint_every=0)
     return replace(cfg, **overrides)
 
 
@@ -103,10 +109,10 @@ def run_ppo_stage(
     # Under `accelerate launch` (see rlhf_helpers.distributed) every process trains; the main process alone
     # builds the tiny base and writes the splits (first), then saves, evaluates and records (once).
     with main_process_first():
-        base_path = model_path(preset)
+        model_path(preset)  # builds a tiny base (main process first), or fails fast for an unreachable hub preset
         prompts_for_training = train_prompts()
         prompts = list(load_split("eval")["prompt"])
-    model = load_policy_and_reference(sft_dir, base_path)
+    model = load_policy_and_reference(sft_dir, preset)
     tokenizer = AutoTokenizer.from_pretrained(sft_dir)
     reward_model = load_reward_model(reward_dir)
     max_source = get_preset(preset).max_source_length
