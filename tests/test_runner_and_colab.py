@@ -26,7 +26,7 @@ def test_every_notebook_states_objectives_runtime_and_has_sanity_checks():
         assert "**You will learn**" in nb.cells[0].source and "**Expected runtime:**" in nb.cells[0].source
         assert 'if "google.colab" in sys.modules' in nb.cells[1].source  # install only inside Colab
         code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
-        assert 'PRESET = os.environ.get("RLHF_PRESET"' in code
+        assert 'PRESET = select_preset(os.environ.get("RLHF_PRESET"' in code  # artifacts keyed by the preset
         assert "# Sanity check" in code and "assert " in code
         assert any("## Solutions" in c.source for c in nb.cells if c.cell_type == "markdown")
 
