@@ -5,8 +5,18 @@ LoRA (Hu et al. 2021) freezes the pretrained weight W and learns a low-rank upda
     h = W x + (alpha / r) * B A x,    A: r x d_in,  B: d_out x r,  B initialised to 0
 
 so training starts exactly at the base model and touches well under 1% of the parameters.
-We use transformers' ``Seq2SeqTrainer`` with a peft ``LoraConfig(task_type=SEQ_2_SEQ_LM)``
-(trl's ``SFTTrainer`` only handles decoder-only models).
+
+Two trainers, one stage, chosen by the preset's architecture:
+
+* encoder-decoder (T5): transformers' ``Seq2SeqTrainer`` with a peft ``LoraConfig(task_type=SEQ_2_SEQ_LM)``
+  (trl's ``SFTTrainer`` only handles decoder-only models). The prompt is the encoder's input, the reply the
+  decoder's labels: nothing of the prompt can enter the loss.
+* decoder-only (Llama, SmolLM2): trl's ``SFTTrainer`` with ``LoraConfig(task_type=CAUSAL_LM)`` on a
+  prompt-completion dataset. Prompt and reply are one sequence here, so the loss must be restricted to the
+  reply (``completion_only_loss``: labels -100 on the prompt's tokens), else the model would spend its capacity
+  learning to write tickets. The prompt column is what the policy is given at generation and in PPO
+  (:func:`rlhf_helpers.policy.prompt_text`: the chat template, or ``prompt + REPLY_CUE``), the completion the
+  reply; trl appends the EOS to the completion once, so the model learns where a reply ends.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from rlhf_helpers.distributed import main_process_first, num_processes, on_main_
 from rlhf_helpers.generation import DecodeSettings, generate_responses
 from rlhf_helpers.io_utils import atomic_write_dir
 from rlhf_helpers.metrics import text_metrics
-from rlhf_helpers.presets import get_preset, model_path
+from rlhf_helpers.presets import base_model_class, get_preset, is_causal, model_path
 
 
 @dataclass
@@ -43,18 +53,47 @@ class SFTConfig:
     max_target_length: int = 64
     eval_batch_size: int = 64
     seed: int = 0
+    # Stop after this many optimizer steps whatever num_epochs says (None: train every epoch). The CPU demo of a real
+    # decoder-only model (smollm2-135m) uses it: one epoch of 1,087 replies would take an hour on 2 cores.
+    max_steps: int | None = None
+    # Recompute activations in the backward pass (less memory, ~30% more compute). Off: the course's models fit
+    # (trl's SFTTrainer would turn it on by default).
+    gradient_checkpointing: bool = False
+
+
+#: LoRA's default targets per architecture: the attention query and value projections, as in Hu et al. 2021
+#: (T5 names them q, v; Llama-style models q_proj, v_proj).
+LORA_TARGETS = {"seq2seq": ["q", "v"], "causal": ["q_proj", "v_proj"]}
 
 
 def sft_defaults(preset: str = "tiny", **overrides) -> SFTConfig:
-    """Sane defaults: a tiny model needs a high learning rate and many epochs; Flan-T5 does not."""
+    """Sane defaults: a tiny model needs a high learning rate and many epochs; a pretrained one does not.
+
+    ``smollm2-135m`` on a CPU gets a short demonstration run instead (measured on 2 cores: about 4 s per step of
+    4 replies at these lengths): 30 steps, replies cut to 48 tokens. On a GPU it trains like the hub models."""
     p = get_preset(preset)
     base = SFTConfig(
-        preset=preset, seed=course_seed(), max_source_length=p.max_source_length, max_target_length=p.max_target_length
+        preset=preset,
+        seed=course_seed(),
+        max_source_length=p.max_source_length,
+        max_target_length=p.max_target_length,
+        target_modules=list(LORA_TARGETS[p.architecture]),
     )
-    if p.hub_name is None:  # tiny: a weak base needs a wider adapter and a high learning rate
+    if p.hub_name is None:  # tiny, tiny-causal: a weak base needs a wider adapter and a high learning rate
         base = replace(base, lora_r=32, lora_alpha=32)
-    else:  # real Flan-T5
+    elif not p.is_causal:  # real Flan-T5
         base = replace(base, learning_rate=5e-4, num_epochs=3, batch_size=8, lora_dropout=0.05, eval_batch_size=16)
+    else:  # a real decoder-only model (SmolLM2, Qwen2.5): the usual LoRA recipe for instruction-tuned models
+        base = replace(
+            base, learning_rate=2e-4, num_epochs=2, batch_size=8, lora_r=16, lora_alpha=32, lora_dropout=0.05,
+            eval_batch_size=16,
+        )
+        from rlhf_helpers.config import device_name
+
+        if device_name() == "cpu":
+            base = replace(
+                base, max_steps=30, batch_size=4, max_source_length=128, max_target_length=48, eval_batch_size=16
+            )
     return replace(base, **overrides)
 
 
@@ -72,11 +111,13 @@ def tokenize_pairs(ds, tokenizer, cfg: SFTConfig):
 
 
 def lora_model(base_model, cfg: SFTConfig):
-    """Wrap the base model with fresh LoRA adapters on ``cfg.target_modules``."""
+    """Wrap the base model with fresh LoRA adapters on ``cfg.target_modules`` (an encoder-decoder or a causal LM)."""
     from peft import LoraConfig, TaskType, get_peft_model
 
+    from rlhf_helpers.policy import is_encoder_decoder
+
     config = LoraConfig(
-        task_type=TaskType.SEQ_2_SEQ_LM,
+        task_type=TaskType.SEQ_2_SEQ_LM if is_encoder_decoder(base_model) else TaskType.CAUSAL_LM,
         r=cfg.lora_r,
         lora_alpha=cfg.lora_alpha,
         lora_dropout=cfg.lora_dropout,
@@ -112,8 +153,11 @@ class SFTResult:
 def train_sft(cfg: SFTConfig, train_ds, val_ds=None, progress: bool = True) -> SFTResult:
     """Fine-tune the preset's base model with LoRA on ``train_ds`` (columns prompt, response).
 
-    Validation loss is computed each epoch; pass ``val_ds=None`` to skip it.
+    Validation loss is computed each epoch; pass ``val_ds=None`` to skip it. A decoder-only preset trains with
+    trl's ``SFTTrainer`` (:func:`train_causal_sft`); an encoder-decoder with ``Seq2SeqTrainer``, below.
     """
+    if is_causal(cfg.preset):
+        return train_causal_sft(cfg, train_ds, val_ds, progress=progress)
     import torch
     from transformers import (
         AutoModelForSeq2SeqLM,
@@ -170,6 +214,109 @@ def train_sft(cfg: SFTConfig, train_ds, val_ds=None, progress: bool = True) -> S
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
+    model.eval()
+    torch.manual_seed(cfg.seed)
+    return SFTResult(model, tokenizer, cfg, trainer.state.log_history, seconds, trainable, total)
+
+
+def completion_text(tokenizer, response: str) -> str:
+    """The reply as the completion that follows :func:`rlhf_helpers.policy.prompt_text`: behind a chat template's
+    generation prompt (which ends in a newline) the reply itself; behind ``REPLY_CUE`` (no template) a space first,
+    so the text reads ``... Reply: It ships`` as in the tiny-causal base's pretraining documents."""
+    return response if getattr(tokenizer, "chat_template", None) else " " + response
+
+
+def causal_sft_dataset(ds, tokenizer, cfg: SFTConfig):
+    """trl's prompt-completion columns from (prompt, response) rows: ``prompt`` = the text the policy is given
+    (:func:`rlhf_helpers.policy.prompt_text`), ``completion`` = the reply (trl appends the EOS).
+
+    Lengths are cut here, as the other stages cut them, so trl never has to: a prompt keeps its last
+    ``max_source_length`` tokens (where :class:`rlhf_helpers.policy.CausalPolicy` cuts it at generation: the cue or
+    the chat template's generation prompt stays next to the reply), a reply its first ``max_target_length - 1``
+    tokens, the EOS making the last (as T5's tokenizer truncates the seq2seq labels). trl's own truncation works on
+    the joined sequence: ``keep_start`` would cut a long example's EOS, or drop it when the prompt alone fills the
+    budget. Texts within the limits are passed as they are."""
+    from rlhf_helpers.policy import prompt_text
+
+    def clip(text: str, limit: int, keep_end: bool) -> str:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) <= limit:
+            return text
+        return tokenizer.decode(ids[len(ids) - limit :] if keep_end else ids[:limit])
+
+    def convert(row):
+        prompt = clip(prompt_text(tokenizer, row["prompt"]), cfg.max_source_length, keep_end=True)
+        reply = clip(row["response"], max(cfg.max_target_length - 1, 1), keep_end=False)
+        return {"prompt": prompt, "completion": completion_text(tokenizer, reply)}
+
+    return ds.map(convert, remove_columns=ds.column_names)
+
+
+def causal_sft_trainer(cfg: SFTConfig, train_ds, val_ds, output_dir: str, progress: bool = True):
+    """The ``SFTTrainer`` of a decoder-only preset (LoRA model, prepared datasets), not yet trained. Lengths are cut
+    by :func:`causal_sft_dataset`, so trl's ``max_length`` is off."""
+    from transformers import AutoTokenizer
+    from trl import SFTConfig as TrlSFTConfig
+    from trl import SFTTrainer
+
+    path = model_path(cfg.preset)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = lora_model(base_model_class(cfg.preset).from_pretrained(path), cfg)
+    steps_per_epoch = max(len(train_ds) // (cfg.batch_size * num_processes()), 1)
+    total_steps = cfg.max_steps or int(steps_per_epoch * cfg.num_epochs)
+    args = TrlSFTConfig(
+        output_dir=output_dir,
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.num_epochs,
+        max_steps=cfg.max_steps or -1,
+        warmup_steps=int(cfg.warmup_ratio * total_steps),
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type="linear",
+        logging_steps=max(min(steps_per_epoch, total_steps) // 4, 1),
+        eval_strategy="epoch" if val_ds is not None and cfg.max_steps is None else "no",
+        save_strategy="no",
+        report_to=[],
+        seed=cfg.seed,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # under DDP: every LoRA weight is used in every forward
+        use_cpu=device_name() == "cpu",
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5 name of gradient_checkpointing
+        max_length=None,  # causal_sft_dataset cut the prompt and the reply already
+        completion_only_loss=True,  # the loss on the reply only (trl's default for these columns, stated anyway)
+        packing=False,
+        **mixed_precision(),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=causal_sft_dataset(train_ds, tokenizer, cfg),
+        eval_dataset=causal_sft_dataset(val_ds, tokenizer, cfg) if val_ds is not None else None,
+        processing_class=tokenizer,
+    )
+    return trainer, model, tokenizer
+
+
+def train_causal_sft(cfg: SFTConfig, train_ds, val_ds=None, progress: bool = True) -> SFTResult:
+    """LoRA SFT of a decoder-only preset with trl's ``SFTTrainer`` (see :func:`causal_sft_trainer`). With
+    ``cfg.max_steps`` set (the CPU demo), the validation loss is computed once, after training."""
+    import torch
+    from transformers import set_seed as hf_set_seed
+
+    fast_cpu_math()
+    hf_set_seed(cfg.seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer, model, tokenizer = causal_sft_trainer(cfg, train_ds, val_ds, scratch, progress=progress)
+        trainable, total = parameter_counts(model)
+        use_compact_progress(trainer, progress, desc="SFT")
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        if val_ds is not None and cfg.max_steps is not None:
+            metrics = trainer.evaluate()
+            trainer.state.log_history.append({"epoch": trainer.state.epoch, "eval_loss": metrics["eval_loss"]})
     model.eval()
     torch.manual_seed(cfg.seed)
     return SFTResult(model, tokenizer, cfg, trainer.state.log_history, seconds, trainable, total)
@@ -264,17 +411,51 @@ def save_sft(result: SFTResult, out_dir: str | Path | None = None) -> Path:
         result.model.save_pretrained(tmp)
         result.tokenizer.save_pretrained(tmp)
         (tmp / "sft_config.json").write_text(json.dumps(asdict(result.config), indent=2))
+        (tmp / BASE_RECORD).write_text(json.dumps(base_record(result.config.preset), indent=2))
 
     return atomic_write_dir(Path(out_dir or default_sft_dir()) / "adapter", write)
 
 
-def load_sft(adapter_dir: str | Path | None = None, merge: bool = False, trainable: bool = False):
-    """(model, tokenizer, config) from a saved adapter: the preset's base model plus the adapter.
+#: The file next to a saved adapter that says which base model it was trained on.
+BASE_RECORD = "base_model.json"
 
-    ``merge=True`` folds B A into W (a plain T5 model, faster to run, no peft needed afterwards).
+
+def base_record(preset: str) -> dict:
+    """What an adapter belongs to: the preset, its architecture (which class loads the base) and the base folder's
+    name (for a locally built base, its cache key: another recipe or corpus gives another name)."""
+    return {
+        "preset": preset,
+        "architecture": get_preset(preset).architecture,
+        "base": Path(model_path(preset, progress=False)).name,
+    }
+
+
+def _check_base(adapter_dir: Path, preset: str, base_path: str) -> str:
+    """The architecture recorded with the adapter (older adapters have no record: the preset's), with a warning when
+    the base it was trained on is not the one loaded now (a rebuilt tiny base: the adapter's numbers would not hold)."""
+    record_file = adapter_dir / BASE_RECORD
+    if not record_file.exists():
+        return get_preset(preset).architecture
+    record = json.loads(record_file.read_text())
+    if record.get("base") and record["base"] != Path(base_path).name:
+        import warnings
+
+        warnings.warn(
+            f"{adapter_dir}: this adapter was trained on base {record['base']}, but preset {preset!r} is now "
+            f"{Path(base_path).name} (rebuilt with another recipe or data folder?): retrain it for sound results",
+            stacklevel=3,
+        )
+    return record["architecture"]
+
+
+def load_sft(adapter_dir: str | Path | None = None, merge: bool = False, trainable: bool = False):
+    """(model, tokenizer, config) from a saved adapter: the preset's base model plus the adapter. The base's class
+    (``AutoModelForSeq2SeqLM`` or ``AutoModelForCausalLM``) is the one recorded with the adapter.
+
+    ``merge=True`` folds B A into W (a plain T5 or Llama model, faster to run, no peft needed afterwards).
     """
     from peft import PeftModel
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     adapter_dir = Path(adapter_dir or default_sft_dir() / "adapter")
     if not (adapter_dir / "sft_config.json").exists():
@@ -282,7 +463,9 @@ def load_sft(adapter_dir: str | Path | None = None, merge: bool = False, trainab
             f"{adapter_dir}: no saved SFT adapter here (run notebook 02 or `python -m rlhf_helpers sft`)"
         )
     cfg = SFTConfig(**json.loads((adapter_dir / "sft_config.json").read_text()))
-    base = AutoModelForSeq2SeqLM.from_pretrained(model_path(cfg.preset))
+    base_path = model_path(cfg.preset)
+    architecture = _check_base(adapter_dir, cfg.preset, base_path)
+    base = (AutoModelForCausalLM if architecture == "causal" else AutoModelForSeq2SeqLM).from_pretrained(base_path)
     model = PeftModel.from_pretrained(base, adapter_dir, is_trainable=trainable)
     if merge:
         model = model.merge_and_unload()
@@ -291,7 +474,7 @@ def load_sft(adapter_dir: str | Path | None = None, merge: bool = False, trainab
 
 
 def merge_sft(adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Save base + adapter merged into one ordinary ``T5ForConditionalGeneration`` folder."""
+    """Save base + adapter merged into one ordinary model folder (a ``T5ForConditionalGeneration`` or a causal LM)."""
     model, tokenizer, _ = load_sft(adapter_dir, merge=True)
     out_dir = Path(out_dir)
     model.save_pretrained(out_dir)
@@ -317,7 +500,7 @@ def run_sft_stage(
 ) -> SFTStageOutput:
     """What notebook 02 and ``python -m rlhf_helpers sft`` do: score the base model on the held-out
     prompts, train, score again, save the adapter. Metrics are recorded as stage ``sft``."""
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from rlhf_helpers.data_prep import load_split
     from rlhf_helpers.report import record_metrics
@@ -330,7 +513,7 @@ def run_sft_stage(
         base_path = model_path(cfg.preset)
 
     def score_base():
-        base = AutoModelForSeq2SeqLM.from_pretrained(base_path)
+        base = base_model_class(cfg.preset).from_pretrained(base_path)
         return evaluate_generations(base, AutoTokenizer.from_pretrained(base_path), eval_ds, cfg)
 
     before, replies_before = on_main_process(score_base)
