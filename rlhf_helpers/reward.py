@@ -784,7 +784,7 @@ def run_reward_stage(
 ) -> RewardStageOutput:
     """What notebook 03 and ``python -m rlhf_helpers reward`` do: load (and validate) the pairs,
     train, evaluate on held-out pairs, save the model to ``out_dir`` (default artifacts/reward)."""
-    from rlhf_helpers.data_loading import load_records
+    from rlhf_helpers.data_loading import load_records, load_training_pairs
     from rlhf_helpers.data_prep import load_split
     from rlhf_helpers.report import record_metrics
 
@@ -792,7 +792,7 @@ def run_reward_stage(
     # Under `accelerate launch` (see rlhf_helpers.distributed) every process trains, but the main process
     # alone writes the data splits and builds the tiny base (first), evaluates, saves and records (once).
     with main_process_first():
-        train_ds = load_records(train_path, "preferences") if train_path else load_split("pref_train")
+        train_ds = load_training_pairs(train_path) if train_path else load_split("pref_train")
         eval_ds = load_records(eval_path, "preferences") if eval_path else load_split("pref_val")
         backbone_path(cfg.backbone)
     training = train_reward_model(cfg, train_ds, eval_ds, progress=progress)
