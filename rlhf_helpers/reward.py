@@ -122,6 +122,7 @@ class RewardConfig:
     # held-out accuracy twice per epoch during training (the notebook's plot); off for the CPU demo of a real
     # decoder-only model, where scoring the held-out pairs costs as much as training
     eval_during_training: bool = True
+    report_to: str = "none"  # "tensorboard": the Trainer's curves too (rlhf_helpers.tracking)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -581,6 +582,7 @@ def train_reward_model(cfg: RewardConfig, train_ds, eval_ds=None, progress: bool
     from trl import RewardTrainer
 
     from rlhf_helpers.sft import mixed_precision, use_compact_progress
+    from rlhf_helpers.tracking import add_tensorboard
 
     fast_cpu_math()
     hf_set_seed(cfg.seed)
@@ -629,6 +631,7 @@ def train_reward_model(cfg: RewardConfig, train_ds, eval_ds=None, progress: bool
         if cfg.head_learning_rate is not None:
             trainer.optimizer = head_rate_optimizer(trainer.model, cfg)  # the Trainer keeps a preset optimizer
         use_compact_progress(trainer, progress, desc="reward model")
+        add_tensorboard(trainer, cfg.report_to, "reward")
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
