@@ -17,8 +17,9 @@ VARS = ("RLHF_ARTIFACTS", "RLHF_CACHE", colab.SET_BY_US)
 
 @pytest.fixture
 def clean_env(monkeypatch, tmp_path):
-    for name in VARS:
-        monkeypatch.delenv(name, raising=False)
+    for name in VARS:  # set first, so that monkeypatch records them and removes what setup_colab sets
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # setup_colab changes the working folder: restored afterwards
     monkeypatch.setattr(sys, "path", list(sys.path))
     return tmp_path

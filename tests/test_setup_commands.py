@@ -163,7 +163,9 @@ def test_check_is_real_and_changes_nothing(tmp_path):
 @pytest.mark.skipif(shutil.which("make") is None, reason="make not installed")
 def test_the_makefile_runs_the_set_up_then_the_course_or_pytest():
     def recipe(*args):
-        env = {k: v for k, v in os.environ.items() if k not in ("VENV", "PYTHON", "ARGS")}  # the defaults
+        # the defaults, also when this runs under `make test ARGS=...` (a parent make passes its variables on)
+        env = {k: v for k, v in os.environ.items() if k not in ("VENV", "PYTHON", "ARGS", "MAKEFLAGS", "MFLAGS",
+                                                                  "MAKELEVEL", "MAKEOVERRIDES")}
         return subprocess.run(["make", "-n", "--no-print-directory", "-C", str(REPO), *args], capture_output=True,
                               text=True, check=True, env=env).stdout.splitlines()
 
