@@ -87,6 +87,7 @@ def _cmd_sft(args: argparse.Namespace) -> int:
             "lora_r": args.lora_r,
             "learning_rate": args.lr,
             "target_modules": args.target_modules,
+            "report_to": args.report_to,
         }.items()
         if v is not None
     }
@@ -121,6 +122,7 @@ def _cmd_reward(args: argparse.Namespace) -> int:
             "max_train_pairs": args.max_pairs,
             "max_length": args.max_length,
             "margin": args.margin,
+            "report_to": args.report_to,
         }.items()
         if v is not None
     }
@@ -187,6 +189,7 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
     from rlhf_helpers.distributed import is_main_process
     from rlhf_helpers.ppo_stage import ppo_defaults, run_ppo_stage
     from rlhf_helpers.presets import PresetUnavailableError
+    from rlhf_helpers.tracking import ppo_tensorboard
 
     overrides = {
         k: v
@@ -202,13 +205,14 @@ def _cmd_ppo(args: argparse.Namespace) -> int:
     if args.fixed_kl:
         overrides["adaptive_kl"] = False
     try:
-        out = run_ppo_stage(
-            args.preset,
-            ppo_defaults(args.preset, **overrides),
-            out_dir=args.out,
-            resume_from=args.resume,
-            progress=not args.quiet,
-        )
+        with ppo_tensorboard(args.report_to):  # report_to "none" (the default): nothing
+            out = run_ppo_stage(
+                args.preset,
+                ppo_defaults(args.preset, **overrides),
+                out_dir=args.out,
+                resume_from=args.resume,
+                progress=not args.quiet,
+            )
     except (PresetUnavailableError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -245,6 +249,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"figures in {figures_dir()}; metrics in {Path(args.out) / 'metrics.json'}"
     )
     return EXIT_OK
+
+
+def _report_to(value: str) -> str:
+    """--report-to: none | tensorboard, checked before any training starts (the package must be installed)."""
+    from rlhf_helpers.tracking import check_report_to
+
+    try:
+        check_report_to(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -317,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default="tiny", choices=["tiny", "tiny-causal"])
     p.set_defaults(func=_cmd_build_tiny)
 
+    for name in ("sft", "reward", "ppo"):
+        sub.choices[name].add_argument(
+            "--report-to",
+            type=_report_to,
+            help="tensorboard: also log the training curves to <artifacts>/tensorboard/<stage>/ (default: none)",
+        )
     for name, command in sub.choices.items():
         if name != "validate":  # validate reads one file; every other command reads the data folder
             command.add_argument(

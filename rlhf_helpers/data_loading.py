@@ -35,6 +35,10 @@ ALIASES: dict[str, dict[str, str]] = {
     "preferences": {"human_answer": "chosen", "machine_answer": "rejected"},
     "eval": {"response": "reference", "human_answer": "reference"},
 }
+#: The fewest preference pairs a reward model is trained on (:func:`load_training_pairs`): one batch of the tiny
+#: recipe (``RewardConfig.batch_size`` 16), and the smallest subsample the test suite trains on. With fewer, the
+#: Bradley-Terry loss is fitted on a handful of pairs it memorises; such a file still serves as held-out pairs.
+MIN_TRAINING_PAIRS = 16
 
 
 @dataclass(frozen=True)
@@ -238,7 +242,9 @@ def validate_rows(
     report = ValidationReport(str(source), kind)
     rows: list[dict] = []
     lines: list[int] = []
+    n_read = 0
     for line, raw in read_rows(source, report.errors):
+        n_read += 1
         if not isinstance(raw, dict):
             report.errors.append(Problem(str(source), line, None, f"expected an object, got {type(raw).__name__}"))
             continue
@@ -267,6 +273,18 @@ def validate_rows(
             rows.append(row)
             lines.append(line)
     report.n_rows = len(rows)
+    if not n_read and not report.errors:  # nothing to read, and no parse error that says why
+        report.errors.append(Problem(str(source), None, None, _why_no_rows(source)))
+    elif kind == "preferences" and 0 < report.n_rows < MIN_TRAINING_PAIRS:
+        report.warnings.append(
+            Problem(
+                str(source),
+                None,
+                None,
+                f"only {report.n_rows} pairs: enough to evaluate a reward model on, too few to train one on "
+                f"(at least {MIN_TRAINING_PAIRS})",
+            )
+        )
 
     seen: dict[tuple, int] = {}
     for row, line in zip(rows, lines, strict=False):
@@ -287,6 +305,19 @@ def validate_rows(
                     Problem(str(source), line, name, f"{n} tokens, longer than the preset's {max_tokens}: truncated")
                 )
     return report, rows
+
+
+def _why_no_rows(source: str | Path) -> str:
+    """The message for an input without a single data row."""
+    path = Path(source)
+    if path.is_file():
+        text = _decode(path.read_bytes())
+        if not text.strip():
+            return "empty file: no data rows" if not text else "no data rows: the file holds only blank lines"
+        if path.suffix.lower() in (".csv", ".tsv"):
+            return "no data rows: the file holds only a header line"
+        return "no data rows (an empty list)" if path.suffix.lower() == ".json" else "no data rows"
+    return "no data rows: the dataset is empty"
 
 
 def load_records(source: str | Path, kind: str, **kwargs):
@@ -316,3 +347,17 @@ def length_counter(tokenizer) -> Callable[[list[str]], list[int]]:
 
     return count
 
+
+def load_training_pairs(source: str | Path, **kwargs):
+    """:func:`load_records` for the pairs a reward model trains on: also invalid with fewer than
+    :data:`MIN_TRAINING_PAIRS` pairs (a :class:`DataValidationError` naming the file and the count)."""
+    ds = load_records(source, "preferences", **kwargs)
+    if len(ds) < MIN_TRAINING_PAIRS:
+        message = (
+            f"only {len(ds)} preference pairs, too few to train a reward model on: at least {MIN_TRAINING_PAIRS} are "
+            "needed (add pairs; a small file can still be the held-out --eval file)"
+        )
+        report = ValidationReport(str(source), "preferences", n_rows=len(ds))
+        report.errors.append(Problem(str(source), None, None, message))
+        raise DataValidationError(report)
+    return ds

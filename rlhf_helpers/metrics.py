@@ -76,6 +76,51 @@ def wordnet():
     return _wordnet
 
 
+def fetch_wordnet(download_dir: str | Path | None = None) -> tuple[bool, str]:
+    """Make METEOR's WordNet data available, quietly: (True, where from) when it is already installed, comes
+    from Debian's ``wordnet-base``, or ``nltk.download("wordnet")`` fetched it (into ``download_dir``, default
+    NLTK's own); (False, why and how to get it) when none worked. Never raises: METEOR is then ``None``."""
+    global _wordnet
+    if wordnet() is not None:
+        where = "NLTK's data" if _wordnet is _nltk_wordnet() else f"Debian's wordnet-base, {DEBIAN_WORDNET}"
+        return True, f"METEOR: WordNet data found ({where})"
+    import inspect
+    import io
+
+    import nltk
+
+    errors = io.StringIO()
+    options = {"quiet": True}
+    if "print_error_to" in inspect.signature(nltk.download).parameters:
+        options["print_error_to"] = errors  # NLTK prints failures even when quiet
+    if download_dir is not None:
+        Path(download_dir).mkdir(parents=True, exist_ok=True)
+        options["download_dir"] = str(download_dir)
+        if str(download_dir) not in nltk.data.path:
+            nltk.data.path.insert(0, str(download_dir))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ok = nltk.download("wordnet", **options)
+    except Exception as e:  # a network error NLTK does not catch itself
+        ok, errors = False, io.StringIO(f"{type(e).__name__}: {e}")
+    if ok:
+        _wordnet = None
+        if wordnet() is not None:
+            return True, f"METEOR: WordNet data downloaded by NLTK{f' into {download_dir}' if download_dir else ''}"
+    why = " ".join(line.replace("[nltk_data]", "").strip() for line in errors.getvalue().splitlines()).strip()
+    return False, (
+        f"METEOR's WordNet data could not be downloaded ({why or 'no network?'}): METEOR will be reported as None. "
+        + METEOR_HELP.split("installed. ", 1)[1]
+    )
+
+
+def _nltk_wordnet():
+    from nltk.corpus import wordnet as nltk_wordnet
+
+    return nltk_wordnet
+
+
 def rouge_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-1/2/L F1 (with stemming, as in ``evaluate``'s default)."""
     from rouge_score import rouge_scorer

@@ -122,6 +122,7 @@ class RewardConfig:
     # held-out accuracy twice per epoch during training (the notebook's plot); off for the CPU demo of a real
     # decoder-only model, where scoring the held-out pairs costs as much as training
     eval_during_training: bool = True
+    report_to: str = "none"  # "tensorboard": the Trainer's curves too (rlhf_helpers.tracking)
     seed: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -581,6 +582,7 @@ def train_reward_model(cfg: RewardConfig, train_ds, eval_ds=None, progress: bool
     from trl import RewardTrainer
 
     from rlhf_helpers.sft import mixed_precision, use_compact_progress
+    from rlhf_helpers.tracking import add_tensorboard
 
     fast_cpu_math()
     hf_set_seed(cfg.seed)
@@ -629,6 +631,7 @@ def train_reward_model(cfg: RewardConfig, train_ds, eval_ds=None, progress: bool
         if cfg.head_learning_rate is not None:
             trainer.optimizer = head_rate_optimizer(trainer.model, cfg)  # the Trainer keeps a preset optimizer
         use_compact_progress(trainer, progress, desc="reward model")
+        add_tensorboard(trainer, cfg.report_to, "reward")
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -784,7 +787,7 @@ def run_reward_stage(
 ) -> RewardStageOutput:
     """What notebook 03 and ``python -m rlhf_helpers reward`` do: load (and validate) the pairs,
     train, evaluate on held-out pairs, save the model to ``out_dir`` (default artifacts/reward)."""
-    from rlhf_helpers.data_loading import load_records
+    from rlhf_helpers.data_loading import load_records, load_training_pairs
     from rlhf_helpers.data_prep import load_split
     from rlhf_helpers.report import record_metrics
 
@@ -792,7 +795,7 @@ def run_reward_stage(
     # Under `accelerate launch` (see rlhf_helpers.distributed) every process trains, but the main process
     # alone writes the data splits and builds the tiny base (first), evaluates, saves and records (once).
     with main_process_first():
-        train_ds = load_records(train_path, "preferences") if train_path else load_split("pref_train")
+        train_ds = load_training_pairs(train_path) if train_path else load_split("pref_train")
         eval_ds = load_records(eval_path, "preferences") if eval_path else load_split("pref_val")
         backbone_path(cfg.backbone)
     training = train_reward_model(cfg, train_ds, eval_ds, progress=progress)

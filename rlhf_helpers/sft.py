@@ -33,6 +33,7 @@ from rlhf_helpers.generation import DecodeSettings, generate_responses
 from rlhf_helpers.io_utils import atomic_write_dir
 from rlhf_helpers.metrics import text_metrics
 from rlhf_helpers.presets import base_model_class, get_preset, is_causal, model_path
+from rlhf_helpers.tracking import add_tensorboard
 
 
 @dataclass
@@ -52,6 +53,7 @@ class SFTConfig:
     max_source_length: int = 96
     max_target_length: int = 64
     eval_batch_size: int = 64
+    report_to: str = "none"  # "tensorboard": the Trainer's curves too (rlhf_helpers.tracking)
     seed: int = 0
     # Stop after this many optimizer steps whatever num_epochs says (None: train every epoch). The CPU demo of a real
     # decoder-only model (smollm2-135m) uses it: one epoch of 1,087 replies would take an hour on 2 cores.
@@ -211,6 +213,7 @@ def train_sft(cfg: SFTConfig, train_ds, val_ds=None, progress: bool = True) -> S
             processing_class=tokenizer,
         )
         use_compact_progress(trainer, progress, desc="SFT")
+        add_tensorboard(trainer, cfg.report_to, "sft")
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start
@@ -311,6 +314,7 @@ def train_causal_sft(cfg: SFTConfig, train_ds, val_ds=None, progress: bool = Tru
         trainer, model, tokenizer = causal_sft_trainer(cfg, train_ds, val_ds, scratch, progress=progress)
         trainable, total = parameter_counts(model)
         use_compact_progress(trainer, progress, desc="SFT")
+        add_tensorboard(trainer, cfg.report_to, "sft")
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

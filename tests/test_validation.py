@@ -154,3 +154,67 @@ def test_own_data_folder_needs_only_the_three_training_files(tmp_path):
     assert set(data) == {"sft", "preferences", "eval"}
     assert len(data["sft"]) > 0 and len(data["eval"]) > 0
     assert "seed_format" in load_course_data()  # the course folder still has it
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("empty.jsonl", "", "empty file: no data rows"),
+        ("blank.jsonl", "\n  \n\t\n", "no data rows: the file holds only blank lines"),
+        ("blank.csv", "\n\n", "no data rows: the file holds only blank lines"),
+        ("header.csv", "prompt,chosen,rejected\n", "no data rows: the file holds only a header line"),
+        ("list.json", "[]\n", "no data rows (an empty list)"),
+        ("wrapped.json", '{"data": []}', "no data rows (an empty list)"),
+    ],
+)
+def test_a_file_without_data_rows_is_invalid(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_text(content)
+    code, err = validate(path, "preferences")
+    assert code == 2
+    assert f"{path}: {message}" in err and f"{path}: INVALID (1 errors): 0 preferences rows" in err
+    with pytest.raises(DataValidationError, match="no data rows"):
+        load_records(path, "preferences")
+
+
+def pairs(n):
+    return [{"prompt": f"p{i}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(n)]
+
+
+def test_too_few_pairs_to_train_on_is_a_warning_for_validate(tmp_path):
+    """A small preference file is a fine held-out set: validate passes it, with a warning."""
+    from rlhf_helpers.data_loading import MIN_TRAINING_PAIRS
+
+    path = write_jsonl(tmp_path / "few.jsonl", pairs(5))
+    result = run_cli("validate", str(path), "--kind", "preferences", "--preset", "")
+    assert result.returncode == 0
+    assert f"{path}: only 5 pairs: enough to evaluate a reward model on, too few to train one on " in result.stderr
+    assert f"(at least {MIN_TRAINING_PAIRS}) (warning)" in result.stderr
+    enough = write_jsonl(tmp_path / "enough.jsonl", pairs(MIN_TRAINING_PAIRS))
+    report, _ = validate_rows(enough, "preferences")
+    assert report.ok and not report.warnings
+
+
+def test_too_few_pairs_to_train_on_is_invalid_for_training(tmp_path):
+    from rlhf_helpers.data_loading import MIN_TRAINING_PAIRS, load_training_pairs
+
+    few = write_jsonl(tmp_path / "few.jsonl", pairs(MIN_TRAINING_PAIRS - 1))
+    with pytest.raises(DataValidationError, match=f"only {MIN_TRAINING_PAIRS - 1} preference pairs"):
+        load_training_pairs(few)
+    assert len(load_training_pairs(write_jsonl(tmp_path / "ok.jsonl", pairs(MIN_TRAINING_PAIRS)))) == 16
+
+    out = tmp_path / "o"
+    result = run_cli("reward", "--train", str(few), "--eval", str(few), "--out", str(out), "--quiet",
+                     env={"RLHF_ARTIFACTS": str(tmp_path / "a")})
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert (f"{few}: only {MIN_TRAINING_PAIRS - 1} preference pairs, too few to train a reward model on: at least "
+            f"{MIN_TRAINING_PAIRS} are needed") in result.stderr
+    assert not (out / "metrics.json").exists()
+
+
+def test_reward_cli_empty_training_file_exits_2(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    result = run_cli("reward", "--train", str(empty), "--out", str(tmp_path / "o"), "--quiet",
+                     env={"RLHF_ARTIFACTS": str(tmp_path / "a")})
+    assert result.returncode == 2 and f"{empty}: empty file: no data rows" in result.stderr
