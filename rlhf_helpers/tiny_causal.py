@@ -15,8 +15,9 @@ The two ingredients, kept as close to the tiny T5 as possible so the two presets
    pad (``<pad>``, 0) and EOS (``</s>``, 1) stay distinct, so a mask may never confuse them. No chat
    template: :func:`rlhf_helpers.policy.prompt_text` gives the model ``prompt + REPLY_CUE``.
 2. the model: a Llama (RMSNorm, rotary positions, SwiGLU feed-forward, tied input/output embeddings) at
-   about 1M parameters, pretrained on documents ``prompt + REPLY_CUE + " " + reply + EOS``: exactly the
-   text layout SFT and PPO use, so the base already knows where a reply starts and that it ends with EOS.
+   about 1M parameters, pretrained by next-token prediction on the corpus as plain text (each prompt and each
+   reply its own document, ending with EOS): it learns the language, not the task. SFT then teaches it to answer
+   after ``prompt + REPLY_CUE``, as instruction tuning teaches a real base model.
 
 Deterministic and cached like ``tiny``: the weights depend only on the recipe, the corpus and the seed
 (the build runs on ``tiny_model.BUILD_THREADS`` threads), and the cache key hashes all three.
@@ -48,7 +49,7 @@ from rlhf_helpers.tiny_model import (
 )
 
 #: Bump when the build recipe changes so stale caches are not reused.
-BUILD_VERSION = 1
+BUILD_VERSION = 2  # 2: plain-text documents (prompts and replies apart), not the task's format
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 
 
@@ -94,9 +95,15 @@ def causal_document(prompt: str, reply: str) -> str:
 
 
 def pretraining_documents(folder: Path | None = None) -> list[str]:
-    """Every (prompt, reply) pair of the training-side files (SFT and both sides of each preference pair; never
-    the evaluation references) as a :func:`causal_document`."""
-    return [causal_document(p, r) for p, r in _training_rows(folder)]
+    """The corpus as plain text: every distinct prompt (its first ``PROMPT_CHARS`` characters) and every distinct
+    reply of the training-side files (SFT and both sides of each preference pair; never the evaluation references),
+    each its own document.
+
+    Why not ``prompt Reply: reply`` documents? A base pretrained on the task's own format has already learnt the
+    task: SFT would have nothing left to teach (measured: ROUGE-L 0.637 before SFT, 0.687 after). A real base model
+    knows the language, not the task; supervised fine-tuning teaches it to answer after the cue. So does this one."""
+    rows = _training_rows(folder)
+    return list(dict.fromkeys([clip_text(p, PROMPT_CHARS) for p, _ in rows] + [r for _, r in rows]))
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -246,7 +253,7 @@ def build_tiny_causal(out_dir: Path, recipe: CausalRecipe | None = None, progres
         model.generation_config.eos_token_id = tokenizer.eos_token_id
         model.generation_config.bos_token_id = None
         rows = _training_rows()
-        documents = [causal_document(p, r) for p, r in rows]
+        documents = pretraining_documents()
         encoded = encode_documents(tokenizer, documents, recipe.max_length)
         losses = pretrain(model, encoded, recipe, tokenizer.pad_token_id, progress=progress)
         sample_prompt = rows[0][0]

@@ -68,13 +68,18 @@ def test_tiny_causal_tokenizer_appends_no_eos_and_pads_left():
     assert len(tok) == len(t5) - 100  # the span-corruption sentinels are gone
 
 
-def test_tiny_causal_base_writes_reply_like_text_after_the_cue():
+def test_tiny_causal_base_knows_the_language_not_the_task():
+    """Pretrained on plain text (prompts and replies apart), the base writes corpus words after the cue, but has not
+    been taught to reply there: that is SFT's job (notebook 02 checks SFT at least doubles ROUGE-L)."""
+    from rlhf_helpers.policy import REPLY_CUE
+    from rlhf_helpers.tiny_causal import pretraining_documents
+
     model, tok = presets.load_base("tiny-causal")
     assert type(model).__name__ == "LlamaForCausalLM"
+    documents = pretraining_documents()
+    assert not any(REPLY_CUE in d for d in documents) and len(set(documents)) == len(documents)
     replies = generate_responses(model, tok, PROMPTS, DecodeSettings(max_new_tokens=40))
-    for reply in replies:
-        assert reply.split()[0] in ("Hi", "Hello", "Dear"), reply  # every course reply opens with a greeting
-        assert "Reply:" not in reply and "Customer:" not in reply  # a reply, not another ticket
+    assert all(len(r.split()) >= 3 for r in replies), replies  # fluent enough to continue a text
 
 
 def test_load_seq2seq_refuses_a_causal_preset_and_is_causal_says_why():
