@@ -226,4 +226,4 @@ def panel_report(history: list[dict]):
             row["ok"] = low <= values[-1] and (high is None or values[-1] <= high)
             row["note"] = note
         rows[key] = row
-    return pd.DataFrame(rows).T
+    return pd.DataFrame(rows).T.fillna("")
