@@ -704,9 +704,10 @@ def overoptimisation_points(
 
 
 #: Notebook 06's over-optimisation demonstration: PPO from the SFT policy with no KL anchor (beta = 0, fixed) and a
-#: checkpoint every 10 steps, tracked on the first N_PROBE_PROMPTS held-out prompts. Measured (2-core CPU, seed 0,
-#: notebook 06 prints the numbers): the proxy rises at every checkpoint while the gold score falls below the SFT
-#: policy's. ``overoptimisation_run(..., **overrides)`` changes any PPOConfig field.
+#: checkpoint every 10 steps, tracked on the first N_PROBE_PROMPTS held-out prompts. Measured (2-core CPU, seed 0): the
+#: proxy rises at every checkpoint (-1.31 -> +2.64), the sampled replies' gold score rises to 0.620 at step 30 and then
+#: stays flat within its error bars (0.617 at step 60), while the greedy replies of 60 of the 128 probe prompts gain
+#: proxy score and lose gold score. ``overoptimisation_run(..., **overrides)`` changes any PPOConfig field.
 OVEROPT_RUN = dict(init_kl_coef=0.0, adaptive_kl=False, steps=60, checkpoint_every=10)
 N_PROBE_PROMPTS = 128
 
