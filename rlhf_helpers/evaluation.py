@@ -693,7 +693,6 @@ def overoptimisation_points(
     Each point is cached in ``<artifacts>/evaluation/kl_point_<key>.json``, the key made of the
     policy's weights, the SFT reference, the reward model, the prompts, the sampling settings, the
     judge and the seed; re-running only computes points whose checkpoint changed."""
-    from tqdm.auto import tqdm
 
     from rlhf_helpers.judger import gold_judge
 
@@ -701,6 +700,161 @@ def overoptimisation_points(
     candidates = checkpoint_candidates(policies)
     if len(candidates) < min_points:
         candidates += sweep_candidates(policies, min_points - len(candidates), progress)
+    return _measure_candidates(policies, candidates, prompts, judge, use_cache, progress)
+
+
+#: Notebook 06's over-optimisation demonstration: PPO from the SFT policy with no KL anchor (beta = 0, fixed) and a
+#: checkpoint every 10 steps, tracked on the first N_PROBE_PROMPTS held-out prompts. Measured (2-core CPU, seed 0): the
+#: proxy rises at every checkpoint (-1.31 -> +2.64), the sampled replies' gold score rises to 0.620 at step 30 and then
+#: stays flat within its error bars (0.617 at step 60), while the greedy replies of 60 of the 128 probe prompts gain
+#: proxy score and lose gold score. ``overoptimisation_run(..., **overrides)`` changes any PPOConfig field.
+OVEROPT_RUN = dict(init_kl_coef=0.0, adaptive_kl=False, steps=60, checkpoint_every=10)
+N_PROBE_PROMPTS = 128
+
+
+@dataclass
+class OveroptimisationRun:
+    """A cached PPO run tracked on fixed probe prompts: one :class:`KLPoint` per checkpoint (sampled replies, as
+    :func:`overoptimisation_points`), and the greedy replies of SFT and of the last checkpoint with their proxy and
+    gold scores, to read what the proxy pays for."""
+
+    points: list[KLPoint]
+    prompts: list[str]
+    config: dict
+    folder: Path
+    greedy: dict  # {"SFT" | "last": {"replies": [...], "proxy": [...], "gold": [...]}}
+
+    def table(self):
+        import pandas as pd
+
+        cols = ["label", "step", "kl", "sqrt_kl", "proxy_score", "proxy_sem", "gold_score", "gold_sem"]
+        return pd.DataFrame([p.as_dict() for p in self.points])[cols]
+
+    def gold_falls_while_proxy_rises(self) -> bool:
+        """From the gold peak to the last checkpoint: the proxy rose and the gold score fell, each by more
+        than two standard errors (the two points' s.e. combined)."""
+        peak, last = gold_peak(self.points), self.points[-1]
+        if last is peak:
+            return False
+        proxy_gain = last.proxy_score - peak.proxy_score
+        gold_drop = peak.gold_score - last.gold_score
+        return proxy_gain > 2 * math.hypot(last.proxy_sem, peak.proxy_sem) and gold_drop > 2 * math.hypot(
+            last.gold_sem, peak.gold_sem
+        )
+
+    def hacked_example(self) -> dict:
+        """The probe prompt whose greedy reply gained the most proxy score from SFT to the last checkpoint while
+        its gold score fell the most: prompt, both replies and both scores."""
+        sft, last = self.greedy["SFT"], self.greedy["last"]
+        proxy_gain = np.asarray(last["proxy"]) - np.asarray(sft["proxy"])
+        gold_gain = np.asarray(last["gold"]) - np.asarray(sft["gold"])
+        hacked = np.flatnonzero((proxy_gain > 0) & (gold_gain < 0))
+        pool = hacked if len(hacked) else np.arange(len(self.prompts))
+        i = int(pool[np.argmax(proxy_gain[pool] - gold_gain[pool] * 10)])  # gold is in [0, 1], the proxy in RM units
+        return {
+            "prompt": self.prompts[i],
+            "SFT reply": sft["replies"][i],
+            "last-checkpoint reply": last["replies"][i],
+            "proxy SFT": sft["proxy"][i],
+            "proxy last": last["proxy"][i],
+            "gold SFT": sft["gold"][i],
+            "gold last": last["gold"][i],
+            "n_hacked": int(len(hacked)),
+        }
+
+
+def _candidates_of_run(sft_adapter: Path, run_dir: Path, label_prefix: str = "step") -> list[_Candidate]:
+    """SFT, then every checkpoint of ``run_dir/checkpoints`` by step, then its final policy (no duplicates)."""
+    final_cfg = read_json(run_dir / "final" / "ppo_config.json")
+    out = [_Candidate("SFT", "sft", 0, sft_adapter, None, None)]
+    found = [
+        (_step_of(f), f) for f in sorted((run_dir / "checkpoints").glob("step_*")) if (f / "ppo_state.pt").exists()
+    ]
+    found.append((_step_of(run_dir / "final"), run_dir / "final"))
+    seen = {_file_digest(sft_adapter)}
+    for step, folder in sorted(found, key=lambda sf: sf[0]):
+        digest = _file_digest(_adapter_file(folder))
+        if digest not in seen:
+            seen.add(digest)
+            beta = final_cfg.get("init_kl_coef")
+            out.append(
+                _Candidate(f"{label_prefix} {step}", "checkpoint", step, _adapter_file(folder), beta, _relative(folder))
+            )
+    return out
+
+
+def overoptimisation_run(
+    policies: Policies,
+    prompts: list[str],
+    judge=None,
+    use_cache: bool = True,
+    progress: bool = True,
+    **overrides,
+) -> OveroptimisationRun:
+    """Train (once, cached under ``<artifacts>/evaluation/overopt/``, keyed by its config and the SFT and reward
+    weights) a PPO run with :data:`OVEROPT_RUN` (and ``overrides``) from the SFT policy, and measure every checkpoint
+    on ``prompts``: KL, proxy and gold score of sampled replies (cached per checkpoint like the main curve), and the
+    greedy replies of SFT and of the last checkpoint, scored by both judges."""
+    from tqdm.auto import tqdm
+
+    from rlhf_helpers.generation import DecodeSettings, generate_responses
+    from rlhf_helpers.judger import gold_judge
+    from rlhf_helpers.ppo import PPOTrainer, load_policy_and_reference
+    from rlhf_helpers.ppo_stage import ppo_defaults, train_prompts
+
+    judge = judge or gold_judge()
+    settings = {**OVEROPT_RUN, "temperature": policies.cfg.temperature, **overrides}
+    cfg = ppo_defaults(policies.preset, **settings)
+    tag = _digest(asdict(cfg), policies.digests["sft"], policies.digests["reward"])
+    folder = evaluation_dir() / "overopt" / tag
+    if not (folder / "final" / "ppo_config.json").exists():
+        model = load_policy_and_reference(policies.sft_dir, policies.preset)
+        trainer = PPOTrainer(
+            model,
+            policies.tokenizer,
+            policies.reward_model.score,
+            train_prompts(),
+            cfg,
+            max_source_length=policies.trainer.max_source_length,
+        )
+        trainer.train(checkpoint_dir=folder / "checkpoints", progress=progress)
+        atomic_write_dir(folder / "final", trainer.save_checkpoint)
+    candidates = _candidates_of_run(_adapter_file(policies.sft_dir), folder)
+    points = _measure_candidates(policies, candidates, prompts, judge, use_cache, progress)
+
+    greedy_cache = evaluation_dir() / f"overopt_greedy_{_digest(CACHE_VERSION, tag, prompts, repr(judge))}.json"
+    if use_cache and greedy_cache.exists():
+        greedy = read_json(greedy_cache)
+    else:
+        greedy = {}
+        decode = DecodeSettings(max_new_tokens=cfg.max_new_tokens)
+        for name, cand in tqdm((("SFT", candidates[0]), ("last", candidates[-1])), disable=not progress, leave=False):
+            policies.use_weights(cand.adapter)
+            policies.model.set_adapter("policy")
+            replies = generate_responses(
+                policies.model,
+                policies.tokenizer,
+                prompts,
+                decode,
+                batch_size=policies.batch_size,
+                max_source_length=policies.trainer.max_source_length,
+            )
+            greedy[name] = {
+                "replies": replies,
+                "proxy": list(policies.reward_model.score(prompts, replies, batch_size=policies.batch_size)),
+                "gold": judge.score(prompts, replies).total.tolist(),
+            }
+        if use_cache:
+            atomic_write_json(greedy_cache, greedy)
+    return OveroptimisationRun(points, list(prompts), asdict(cfg), folder, greedy)
+
+
+def _measure_candidates(
+    policies: Policies, candidates: list, prompts: list[str], judge, use_cache: bool, progress: bool
+):
+    """One cached :class:`KLPoint` per candidate policy (see :func:`overoptimisation_points`)."""
+    from tqdm.auto import tqdm
+
     cfg = policies.cfg
     sampling = (cfg.temperature, cfg.top_k, cfg.top_p, cfg.max_new_tokens, cfg.min_new_tokens)
     points = []

@@ -183,3 +183,47 @@ def plot_training(history: list[dict]):
         ax.set(title=title, xlabel="step")
     fig.tight_layout()
     return fig
+
+
+#: What a healthy run of the course shows in each training panel (notebook 05 explains them): (low, high) for the
+#: last logged value, None for an open end. Rules of thumb from the course's runs and the PPO literature, not laws.
+PANEL_GUIDE = {
+    "kl": ((0.0, KL_BOUND), "nats per reply; near kl_target with the adaptive controller"),
+    "entropy": ((0.05, None), "per token; near 0: the policy collapsed onto a few replies"),
+    "clipfrac": ((0.0, 0.3), "share of tokens whose gradient the clip stopped"),
+    "approx_kl": ((0.0, 0.05), "per update; larger: steps far outside the trust region"),
+    "explained_variance": ((0.0, 1.0), "starts at 0 (zero value head); <= 0 later: the critic adds noise"),
+    "eos_fraction": ((0.9, 1.0), "replies that ended; low: loops the penalty should remove"),
+}
+
+
+def panel_report(history: list[dict]):
+    """One row per training panel: first, last, min and max over the run, the healthy range of the last value
+    (:data:`PANEL_GUIDE`) and whether the run's last value lies in it."""
+    import math
+
+    import pandas as pd
+
+    rows = {}
+    for key in (
+        "reward",
+        "kl",
+        "response_length",
+        "entropy",
+        "clipfrac",
+        "approx_kl",
+        "vf_loss",
+        "explained_variance",
+        "eos_fraction",
+    ):
+        values = [h[key] for h in history if key in h and math.isfinite(h[key])]
+        if not values:
+            continue
+        row = {"first": values[0], "last": values[-1], "min": min(values), "max": max(values)}
+        if key in PANEL_GUIDE:
+            (low, high), note = PANEL_GUIDE[key]
+            row["healthy"] = f"[{low:g}, {'∞' if high is None else f'{high:g}'}]"
+            row["ok"] = low <= values[-1] and (high is None or values[-1] <= high)
+            row["note"] = note
+        rows[key] = row
+    return pd.DataFrame(rows).T.fillna("")
