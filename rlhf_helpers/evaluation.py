@@ -40,6 +40,7 @@ import numpy as np
 
 from rlhf_helpers.config import artifacts_dir, course_seed, preset_name
 from rlhf_helpers.io_utils import atomic_write_dir, atomic_write_json, read_json
+from rlhf_helpers.stats import N_BOOTSTRAP, bootstrap_ci, bootstrap_means  # noqa: F401 (part of this module's API)
 
 #: The three policies, in the order tables show them.
 POLICIES = ("base", "sft", "ppo")
@@ -51,7 +52,6 @@ MIN_KL_POINTS = 4
 #: Extra short PPO runs when the main run saved too few checkpoints: fixed beta, strongest first.
 SWEEP_BETAS = (0.3, 0.05, 0.01, 0.0)
 SWEEP_STEPS = 20
-N_BOOTSTRAP = 2000
 #: Bump when what a cached file contains changes: old caches are then ignored, never misread.
 CACHE_VERSION = 3
 FIGURES = ("evaluation_win_rates", "evaluation_scores", "evaluation_lengths", "evaluation_overoptimisation")
@@ -74,40 +74,6 @@ def win_outcomes(verdicts: Sequence[str]) -> np.ndarray:
     if unknown:
         raise ValueError(f"unknown verdicts {unknown}; expected 'A', 'B' or 'tie'")
     return np.where(v == "A", 1.0, np.where(v == "B", 0.0, 0.5)).astype(float)
-
-
-def bootstrap_means(outcomes: Sequence[float], n_boot: int = N_BOOTSTRAP, seed: int | None = None) -> np.ndarray:
-    """``n_boot`` bootstrap replicates of the mean: resample the n prompts with replacement and
-    average, w*_b = (1/n) sum_j o_{i_j} with i_1..i_n drawn uniformly from 1..n. Resampling *prompts*
-    is the point: the prompts are the random sample, the policies are fixed. Seeded (default: the
-    course seed), so the replicates and the interval built from them are reproducible."""
-    x = np.asarray(outcomes, dtype=float)
-    if x.ndim != 1:
-        raise ValueError("outcomes must be one number per prompt")
-    if len(x) == 0:
-        return np.full(n_boot, math.nan)
-    rng = np.random.default_rng(course_seed() if seed is None else seed)
-    means = np.empty(n_boot)
-    chunk = max(1, 2_000_000 // len(x))  # bounded memory for large n
-    for start in range(0, n_boot, chunk):
-        size = min(chunk, n_boot - start)
-        means[start : start + size] = x[rng.integers(0, len(x), size=(size, len(x)))].mean(axis=1)
-    return means
-
-
-def bootstrap_ci(
-    outcomes: Sequence[float], n_boot: int = N_BOOTSTRAP, level: float = 0.95, seed: int | None = None
-) -> tuple[float, float]:
-    """Percentile bootstrap confidence interval of the mean of ``outcomes`` (one number per prompt):
-    the (1 - level)/2 and (1 + level)/2 quantiles of :func:`bootstrap_means`' replicates. No normal
-    approximation, so it stays inside [0, 1] and is exact in the degenerate cases (all wins: [1, 1])."""
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    means = bootstrap_means(outcomes, n_boot, seed)
-    if np.isnan(means).any():
-        return (math.nan, math.nan)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(low), float(high)
 
 
 @dataclass

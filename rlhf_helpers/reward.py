@@ -675,7 +675,7 @@ def evaluate_reward_model(rm: RewardModel, ds, seed: int = 0, n_bins: int = 10) 
             )
     ece = sum(abs(c["predicted"] - c["observed"]) * c["count"] for c in calibration) / len(prompts)
 
-    from rlhf_helpers.evaluation import bootstrap_ci  # the same percentile bootstrap as notebook 06's win rates
+    from rlhf_helpers.stats import bootstrap_ci  # the same percentile bootstrap as notebook 06's win rates
 
     metrics = {
         "accuracy": float(correct.mean()),
