@@ -6,6 +6,7 @@
 # pyproject.toml is unchanged (a stamp holds its hash) and installs again when it changes.
 #   make course ARGS="--only 00_setup"     arguments for the run (or for pytest with make test)
 #   make setup / make clean                 only the set-up / delete .venv/
+#   make notebooks                          re-run every notebook and store its outputs in notebooks/
 #   PYTHON=python3.11 VENV=.venv-other      the interpreter that creates the environment, its folder
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,7 +14,7 @@ ARGS ?=
 # The environment's own python3 kernel first, whatever kernel specs the user folders hold.
 export JUPYTER_PATH := $(abspath $(VENV))/share/jupyter$(if $(JUPYTER_PATH),:$(JUPYTER_PATH))
 
-.PHONY: course test setup clean
+.PHONY: course test setup clean notebooks
 
 setup:
 	$(PYTHON) scripts/setup_env.py --venv $(VENV)
@@ -23,6 +24,10 @@ course: setup
 
 test: setup
 	. $(VENV)/bin/activate && pytest $(ARGS)
+
+# Re-run every notebook (tiny preset) and store its outputs in notebooks/: the pages GitHub and Colab show.
+notebooks: setup
+	. $(VENV)/bin/activate && python -m rlhf_helpers refresh-outputs $(ARGS)
 
 clean:
 	rm -rf $(VENV)

@@ -262,6 +262,20 @@ def _report_to(value: str) -> str:
     return value
 
 
+def _cmd_refresh_outputs(args) -> int:
+    """The reference run behind the outputs stored in notebooks/ (tiny preset, the course seed)."""
+    from rlhf_helpers.notebook_outputs import refresh_outputs
+    from rlhf_helpers.runner import NOTEBOOK_DIR
+
+    try:
+        written = refresh_outputs(Path(args.out), NOTEBOOK_DIR)
+    except RuntimeError as e:
+        print(f"error: {e}; notebooks/ left as it was", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"stored the outputs of {len(written)} notebooks (run in {args.out})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_helpers", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -327,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ppo", help="PPO run folder (final/, checkpoints/); default <artifacts>/ppo, trained if missing")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("refresh-outputs", help="re-run every notebook, store its outputs in notebooks/")
+    p.add_argument("--out", default="runs/reference", help="where the run's executed copies and artifacts go")
+    p.set_defaults(func=_cmd_refresh_outputs)
 
     p = sub.add_parser("build-tiny", help="build (or show) a cached offline tiny preset (T5 or decoder-only)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "tiny-causal"])
