@@ -232,5 +232,7 @@ def online_defaults(method: str, preset: str = "tiny", **overrides) -> OnlineRLC
     if get_preset(preset).hub_name is not None:
         cfg = replace(cfg, batch_size=ppo.batch_size, mini_batch_size=ppo.mini_batch_size, steps=ppo.steps)
         cfg = replace(cfg, batch_size=max(cfg.batch_size - cfg.batch_size % cfg.k, cfg.k))
+    if "k" in overrides and "batch_size" not in overrides:  # keep the prompts per step; k replies to each
+        overrides["batch_size"] = (cfg.batch_size // cfg.k) * overrides["k"]
     return replace(cfg, **overrides)
 
