@@ -98,7 +98,6 @@ def _judge_and_record(method: str, prompts, replies, sft_replies, reward_model, 
         "ties": wins.ties,
         "n_eval": wins.n,
         **extra,
-        "peak_memory_mb": peak_memory_mb(),
     }
     if reward_model is not None:
         metrics["rm_score_sft_eval"] = _mean(reward_model.score(prompts, sft_replies))
@@ -137,6 +136,7 @@ def run_dpo_stage(preset: str = "tiny", cfg=None, out_dir: str | Path | None = N
     start = time.perf_counter()
     trainer.train(progress=progress)
     seconds = time.perf_counter() - start
+    peak = peak_memory_mb()  # of training (sampling and scoring for best-of-N), before evaluation loads the judge
     model.save_pretrained(out_dir / "final", selected_adapters=["policy"])
     kl = trainer.kl_to_reference(prompts[:KL_PROMPTS])
     sft_replies = _greedy(model, tokenizer, prompts, "reference", cfg.kl_max_new_tokens, max_source)
@@ -152,6 +152,7 @@ def run_dpo_stage(preset: str = "tiny", cfg=None, out_dir: str | Path | None = N
         "logps_chosen_end": _window_mean(h, "logps/chosen", last=True),
         "logps_rejected_end": _window_mean(h, "logps/rejected", last=True),
         "train_seconds": round(seconds, 1),
+        "peak_memory_mb": peak,
         "seconds_per_step": _mean(r["seconds"] for r in h),
         "config": asdict(cfg),
     }
@@ -185,6 +186,7 @@ def run_online_stage(
     start = time.perf_counter()
     trainer.train(checkpoint_dir=out_dir / "checkpoints", progress=progress)
     seconds = time.perf_counter() - start
+    peak = peak_memory_mb()  # of training (sampling and scoring for best-of-N), before evaluation loads the judge
     trainer.save_checkpoint(out_dir / "final")
     kl = sampled_kl(
         trainer.policy, trainer._use_adapter, prompts[:KL_PROMPTS], cfg.max_new_tokens, seed=cfg.seed,
@@ -200,6 +202,7 @@ def run_online_stage(
         "reward_start": _window_mean(h, "reward", last=False),
         "reward_end": _window_mean(h, "reward", last=True),
         "train_seconds": round(seconds, 1),
+        "peak_memory_mb": peak,
         "seconds_per_step": _mean(r["seconds"] for r in h),
         "skipped_batches": trainer.skipped_batches,
         "config": asdict(cfg),
@@ -245,6 +248,7 @@ def run_best_of_n_stage(
         max_source_length=max_source,
     )
     seconds = time.perf_counter() - start
+    peak = peak_memory_mb()  # of training (sampling and scoring for best-of-N), before evaluation loads the judge
     sft_replies = _greedy(model, tokenizer, prompts, "reference", max_new_tokens, max_source)
     extra = {
         "n": n,
@@ -252,6 +256,7 @@ def run_best_of_n_stage(
         "rm_score_best": _mean(result.scores),
         "rm_score_samples": _mean(s for row in result.all_scores for s in row),
         "train_seconds": round(seconds, 1),
+        "peak_memory_mb": peak,
         "config": {"n": n, "max_new_tokens": max_new_tokens, "temperature": ppo.temperature,
                    "missing_eos_penalty": ppo.missing_eos_penalty, "seed": seed},
     }
