@@ -275,6 +275,83 @@ def _cmd_refresh_outputs(args) -> int:
     print(f"stored the outputs of {len(written)} notebooks (run in {args.out})")
     return 0
 
+def _beyond_ppo_error(e: Exception) -> int:
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def _check_positive(**values: int | float | None) -> None:
+    for name, v in values.items():
+        if v is not None and v <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
+def _report_beyond_ppo(name: str, m: dict, out: str) -> None:
+    print(
+        f"{name}: {m.get('steps', 0)} steps in {m['train_seconds']} s; KL to SFT {m['kl_to_sft']:.2f} nats; gold-judge "
+        f"win rate vs SFT {m['win_rate_vs_sft']:.3f} ({m['wins']} wins, {m['ties']} ties, {m['losses']} losses); "
+        f"peak memory {m['peak_memory_mb']:.0f} MiB; metrics in {Path(out) / 'metrics.json'}"
+    )
+
+
+def _cmd_dpo(args: argparse.Namespace) -> int:
+    from rlhf_helpers.beyond_ppo_stage import run_dpo_stage
+    from rlhf_helpers.dpo import dpo_defaults
+    from rlhf_helpers.presets import PresetUnavailableError
+
+    overrides = {
+        k: v
+        for k, v in {"steps": args.steps, "seed": args.seed, "beta": args.beta, "learning_rate": args.lr}.items()
+        if v is not None
+    }
+    if args.ipo:
+        overrides["loss_type"] = "ipo"
+    try:
+        _check_positive(steps=args.steps, beta=args.beta, lr=args.lr)
+        out = run_dpo_stage(args.preset, dpo_defaults(args.preset, **overrides), out_dir=args.out,
+                            progress=not args.quiet)
+    except (PresetUnavailableError, FileNotFoundError, ValueError) as e:
+        return _beyond_ppo_error(e)
+    _report_beyond_ppo("IPO" if args.ipo else "DPO", out.metrics, args.out)
+    return EXIT_OK
+
+
+def _cmd_online(args: argparse.Namespace) -> int:
+    from rlhf_helpers.beyond_ppo_stage import run_online_stage
+    from rlhf_helpers.online_rl import online_defaults
+    from rlhf_helpers.presets import PresetUnavailableError
+
+    overrides = {
+        k: v
+        for k, v in {
+            "steps": args.steps, "seed": args.seed, "beta": args.beta, "k": args.k, "learning_rate": args.lr,
+        }.items()
+        if v is not None
+    }
+    try:
+        _check_positive(steps=args.steps, k=args.k, lr=args.lr)
+        if args.beta is not None and args.beta < 0:
+            raise ValueError(f"--beta must be >= 0, got {args.beta}")
+        cfg = online_defaults(args.command, args.preset, **overrides)
+        out = run_online_stage(args.command, args.preset, cfg, out_dir=args.out, progress=not args.quiet)
+    except (PresetUnavailableError, FileNotFoundError, ValueError) as e:
+        return _beyond_ppo_error(e)
+    _report_beyond_ppo(args.command.upper(), out.metrics, args.out)
+    return EXIT_OK
+
+
+def _cmd_best_of_n(args: argparse.Namespace) -> int:
+    from rlhf_helpers.beyond_ppo_stage import run_best_of_n_stage
+    from rlhf_helpers.presets import PresetUnavailableError
+
+    try:
+        _check_positive(n=args.n)
+        out = run_best_of_n_stage(args.preset, n=args.n, out_dir=args.out, progress=not args.quiet, seed=args.seed)
+    except (PresetUnavailableError, FileNotFoundError, ValueError) as e:
+        return _beyond_ppo_error(e)
+    _report_beyond_ppo(f"best-of-{args.n}", out.metrics, args.out)
+    return EXIT_OK
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m rlhf_helpers", description=__doc__.split("\n\n")[0])
@@ -345,6 +422,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("refresh-outputs", help="re-run every notebook, store its outputs in notebooks/")
     p.add_argument("--out", default="runs/reference", help="where the run's executed copies and artifacts go")
     p.set_defaults(func=_cmd_refresh_outputs)
+
+    p = sub.add_parser("dpo", help="DPO (or --ipo) on the preference pairs, from the SFT policy")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--out", default="artifacts/dpo_cli", help="folder for metrics.json, the adapter, history")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--beta", type=float, help="DPO's beta (IPO's tau)")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--ipo", action="store_true", help="IPO's loss instead of DPO's")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_dpo)
+
+    for name, what in (("rloo", "RLOO (leave-one-out baseline)"), ("grpo", "GRPO (group-normalised advantages)")):
+        p = sub.add_parser(name, help=f"{what} against the reward model, k replies per prompt, no value head")
+        p.add_argument("--preset", default="tiny")
+        p.add_argument("--out", default=f"artifacts/{name}_cli", help="folder for metrics.json, checkpoints, history")
+        p.add_argument("--steps", type=int)
+        p.add_argument("--seed", type=int)
+        p.add_argument("--beta", type=float, help="KL coefficient (RLOO: in the reward; GRPO: k3 in the loss)")
+        p.add_argument("--k", type=int, help="replies per prompt (the prompts per step stay the same)")
+        p.add_argument("--lr", type=float)
+        p.add_argument("--quiet", action="store_true")
+        p.set_defaults(func=_cmd_online)
+
+    p = sub.add_parser("best-of-n", help="N samples per prompt from SFT, the reward model's favourite kept")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--out", default="artifacts/best_of_n_cli", help="folder for metrics.json")
+    p.add_argument("--n", type=int, default=4)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--steps", type=int, help="ignored (best-of-N trains nothing); accepted like the other commands")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_best_of_n)
 
     p = sub.add_parser("build-tiny", help="build (or show) a cached offline tiny preset (T5 or decoder-only)")
     p.add_argument("--preset", default="tiny", choices=["tiny", "tiny-causal"])
