@@ -102,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     name, overrides = args.variant[0], parse_overrides(args.variant[1:])
     seeds = [int(s) for s in args.seeds.split(",")]
+    from rlhf_helpers.config import select_preset
+
+    select_preset(args.preset)  # every stage reads and writes this preset's artifacts (config.artifacts_dir)
     digest = code_digest()  # of the code that runs, read before it runs
     runs = run_variant(args.preset, seeds, overrides, artifacts_dir() / "ppo_seeds" / name)
     out = Path(args.out)
