@@ -102,8 +102,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     name, overrides = args.variant[0], parse_overrides(args.variant[1:])
     seeds = [int(s) for s in args.seeds.split(",")]
-    from rlhf_helpers.config import select_preset
+    from rlhf_helpers.config import fast_cpu_math, select_preset
 
+    # First, before any tensor work, as the CLI and the notebooks' CONFIG cell do: CPU threads started later inherit
+    # the flush-to-zero mode, and an SFT trained without it is another (equally valid) policy (ROUGE-L 0.443, not the
+    # course's 0.416), so the seeds would not describe the course's PPO.
+    fast_cpu_math()
     select_preset(args.preset)  # every stage reads and writes this preset's artifacts (config.artifacts_dir)
     digest = code_digest()  # of the code that runs, read before it runs
     runs = run_variant(args.preset, seeds, overrides, artifacts_dir() / "ppo_seeds" / name)
