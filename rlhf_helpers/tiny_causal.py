@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -46,6 +45,7 @@ from rlhf_helpers.tiny_model import (
     recipe_key,
     tiny_tokenizer_dir,
     unigram_loss,
+    warmup_cosine,
 )
 
 #: Bump when the build recipe changes so stale caches are not reused.
@@ -195,14 +195,7 @@ def pretrain(model, encoded: list[list[int]], recipe: CausalRecipe, pad_id: int,
 
     rng = np.random.default_rng(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
-    warmup = max(recipe.pretrain_steps // 20, 1)
-
-    def lr_lambda(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(recipe.pretrain_steps - warmup, 1)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.pretrain_steps))
     model.train()
     losses: list[float] = []
     bar = tqdm(range(recipe.pretrain_steps), desc="pretrain tiny-causal (next token)", disable=not progress)

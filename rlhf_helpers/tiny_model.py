@@ -277,6 +277,19 @@ def _pad(batch: list[list[int]], value: int):
     return torch.tensor([x + [value] * (width - len(x)) for x in batch])
 
 
+def warmup_cosine(total_steps: int):
+    """The learning-rate multiplier of both tiny bases' pretraining: linear warm-up over the first 5% of the steps,
+    then a cosine decay to 0 (a short run needs the warm-up against early instability and the decay to settle)."""
+    warmup = max(total_steps // 20, 1)
+
+    def multiplier(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total_steps - warmup, 1)))
+
+    return multiplier
+
+
 def pretrain(model, tokenizer, texts: list[str], recipe: TinyRecipe, progress: bool = True) -> list[float]:
     """Span-corruption pretraining with AdamW and a cosine schedule; returns the loss curve."""
     import torch
@@ -287,14 +300,7 @@ def pretrain(model, tokenizer, texts: list[str], recipe: TinyRecipe, progress: b
     encoded = [ids for ids in encoded if len(ids) >= 4]
     sentinel_ids = tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(N_SENTINELS)])
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=0.01)
-    warmup = max(recipe.pretrain_steps // 20, 1)
-
-    def lr_lambda(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(recipe.pretrain_steps - warmup, 1)))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.pretrain_steps))
     model.train()
     losses: list[float] = []
     bar = tqdm(range(recipe.pretrain_steps), desc="pretrain tiny T5 (span corruption)", disable=not progress)
