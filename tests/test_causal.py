@@ -51,7 +51,7 @@ def test_tiny_causal_preset_is_cached_under_its_key_and_learnt():
     assert path.endswith(f"tiny-causal-{causal_key(causal_recipe_for_data(), pretraining_documents())}")
     info = build_info(path)
     assert info["architecture"] == "causal" and 500_000 <= info["parameters"] <= 10_000_000
-    # next-token loss far below the best context-free guess: the model reads the ticket (measured 0.58 vs 4.87)
+    # next-token loss far below the best context-free guess: the model reads the ticket (measured 0.63 vs 4.97)
     assert info["pretrain_loss_last"] < info["unigram_loss"] - 2
 
 
