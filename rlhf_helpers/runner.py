@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rlhf_helpers.config import REPO_ROOT, course_seed, data_dir
+from rlhf_helpers.config import REPO_ROOT, artifacts_dir, course_seed, data_dir
 from rlhf_helpers.io_utils import atomic_write_json, atomic_write_text
 from rlhf_helpers.report import collect_metrics, render_summary_markdown
 
@@ -120,8 +120,9 @@ def _run_notebooks(
         if entry["status"] != "ok":
             break
     summary["total_seconds"] = round(time.perf_counter() - start, 1)
-    summary["metrics"] = collect_metrics(out / "artifacts" / "metrics")
-    summary["figures"] = [p.relative_to(out).as_posix() for p in sorted((out / "artifacts" / "figures").glob("*.png"))]
+    preset_artifacts = artifacts_dir(preset)  # OUT/artifacts, or OUT/artifacts/<preset>: keyed by preset
+    summary["metrics"] = collect_metrics(preset_artifacts / "metrics")
+    summary["figures"] = [p.relative_to(out).as_posix() for p in sorted((preset_artifacts / "figures").glob("*.png"))]
     atomic_write_json(out / "summary.json", summary)
     atomic_write_text(out / "summary.md", render_summary_markdown(summary))
     failed = [n for n in summary["notebooks"] if n["status"] != "ok"]
