@@ -583,12 +583,18 @@ def _relative(path: Path) -> str:
 def checkpoint_candidates(policies: Policies) -> list[_Candidate]:
     """SFT (KL 0), every complete checkpoint of the main run (same config, not past the final step)
     and the final policy, without duplicates (the last checkpoint usually *is* the final one)."""
-    final = policies.final_dir
+    return _candidates_of_run(_adapter_file(policies.sft_dir), policies.ppo_dir)
+
+
+def _candidates_of_run(sft_adapter: Path, run_dir: Path) -> list[_Candidate]:
+    """SFT, then every complete checkpoint of ``run_dir/checkpoints`` made with the final policy's config and not past
+    its step, by step, then the final policy (``run_dir/final``), without duplicates."""
+    final = run_dir / "final"
     final_cfg = read_json(final / "ppo_config.json")
     final_step = _step_of(final)
-    out = [_Candidate("SFT", "sft", 0, _adapter_file(policies.sft_dir), None, None)]
+    out = [_Candidate("SFT", "sft", 0, sft_adapter, None, None)]
     found = []
-    for folder in sorted((policies.ppo_dir / "checkpoints").glob("step_*")):
+    for folder in sorted((run_dir / "checkpoints").glob("step_*")):
         try:
             check_checkpoint(folder)
         except FileNotFoundError:
@@ -599,7 +605,7 @@ def checkpoint_candidates(policies: Policies) -> list[_Candidate]:
         if 0 < step <= final_step:
             found.append((step, folder))
     found.append((final_step, final))
-    seen = {_file_digest(out[0].adapter)}
+    seen = {_file_digest(sft_adapter)}
     for step, folder in sorted(found, key=lambda sf: sf[0]):
         digest = _file_digest(_adapter_file(folder))
         if digest in seen:
@@ -727,26 +733,6 @@ class OveroptimisationRun:
             "gold last": last["gold"][i],
             "n_hacked": int(len(hacked)),
         }
-
-
-def _candidates_of_run(sft_adapter: Path, run_dir: Path, label_prefix: str = "step") -> list[_Candidate]:
-    """SFT, then every checkpoint of ``run_dir/checkpoints`` by step, then its final policy (no duplicates)."""
-    final_cfg = read_json(run_dir / "final" / "ppo_config.json")
-    out = [_Candidate("SFT", "sft", 0, sft_adapter, None, None)]
-    found = [
-        (_step_of(f), f) for f in sorted((run_dir / "checkpoints").glob("step_*")) if (f / "ppo_state.pt").exists()
-    ]
-    found.append((_step_of(run_dir / "final"), run_dir / "final"))
-    seen = {_file_digest(sft_adapter)}
-    for step, folder in sorted(found, key=lambda sf: sf[0]):
-        digest = _file_digest(_adapter_file(folder))
-        if digest not in seen:
-            seen.add(digest)
-            beta = final_cfg.get("init_kl_coef")
-            out.append(
-                _Candidate(f"{label_prefix} {step}", "checkpoint", step, _adapter_file(folder), beta, _relative(folder))
-            )
-    return out
 
 
 def overoptimisation_run(
