@@ -88,3 +88,40 @@ def plot_choice_counts(records: Mapping[str, Sequence[str]], choices: Sequence[s
     Without position bias, left and right are about equally frequent."""
     values = {name: {c: sum(x == c for x in clicked) for c in choices} for name, clicked in records.items()}
     return grouped_bars(values, "what the annotators clicked", "pairs", (5.5, 2.8), fmt="%d")
+
+
+def plot_win_rate_vs_kl(
+    points: Mapping[str, Sequence[tuple[float, float]]],
+    curve: Mapping[int, Sequence[tuple[float, float]]] | None = None,
+    curve_label: str = "best-of-N",
+    title: str = "gold win rate over SFT against KL to SFT",
+):
+    """Notebook 08: a frontier plot. ``points``: {method: [(kl, win rate) per seed]}, each seed a small dot and the
+    method's mean (of KL and of win rate over its seeds) a large marker; ``curve``: {N: [(kl, win rate) per seed]},
+    best-of-N's seeds as dots and a line through its mean at each N, each labelled with its N. KL on a log axis
+    (best-of-N's is a fraction of a nat, a trained policy's can be tens); 0.5 = as good as SFT (dashed)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, runs) in enumerate(points.items()):
+        kl, win = np.array([r[0] for r in runs]), np.array([r[1] for r in runs])
+        color = colors[i % len(colors)]
+        ax.scatter(kl, win, s=18, color=color, alpha=0.55)
+        ax.scatter([kl.mean()], [win.mean()], s=110, color=color, edgecolor="black", marker="D", label=name, zorder=3)
+    if curve:
+        ns = sorted(curve)
+        means = [(np.mean([r[0] for r in curve[n]]), np.mean([r[1] for r in curve[n]])) for n in ns]
+        for n in ns:
+            ax.scatter([r[0] for r in curve[n]], [r[1] for r in curve[n]], s=14, color="0.45", alpha=0.6)
+        ax.plot([m[0] for m in means], [m[1] for m in means], "o-", color="0.2", label=curve_label, zorder=2)
+        for n, (x, y) in zip(ns, means):
+            ax.annotate(f"N={n}", (x, y), textcoords="offset points", xytext=(4, -11), fontsize=7)
+    ax.axhline(0.5, color="tab:red", lw=1, ls="--")
+    ax.set_xscale("log")
+    ax.set(xlabel="KL to SFT, nats per reply (log scale)", ylabel="gold-judge win rate over SFT", title=title,
+           ylim=(min(0.0, ax.get_ylim()[0]), 1.05))
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
