@@ -39,6 +39,9 @@ TRAINS = {
     ("06_evaluation", 1): "samples and judges 2 x 250 replies after notebook 06's main cells",
     ("06_evaluation", 2): "trains a PPO run",
     ("07_preference_labeling", 4): "trains two reward models",
+    ("08_beyond_ppo", 1): "trains four DPO/IPO runs",
+    ("08_beyond_ppo", 2): "trains three GRPO runs",
+    ("08_beyond_ppo", 3): "needs notebook 08's loaded models and live run in the kernel; samples 32 replies per prompt",
 }
 #: (notebook, solution) -> the numbers its prose states, each of which it must print (rounded as stated)
 STATED = {
@@ -69,12 +72,16 @@ def solution_params():
 
 
 def config_fields() -> dict[str, set[str]]:
+    from rlhf_helpers.dpo import DPOConfig
+    from rlhf_helpers.online_rl import OnlineRLConfig
     from rlhf_helpers.ppo import PPOConfig
     from rlhf_helpers.reward import RewardConfig
     from rlhf_helpers.sft import SFTConfig
 
     ppo = {f.name for f in fields(PPOConfig)}
     return {
+        "dpo_defaults": {f.name for f in fields(DPOConfig)},
+        "online_defaults": {f.name for f in fields(OnlineRLConfig)},
         "sft_defaults": {f.name for f in fields(SFTConfig)},
         "ppo_defaults": ppo,
         "reward_defaults": {f.name for f in fields(RewardConfig)},
