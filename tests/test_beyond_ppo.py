@@ -238,8 +238,8 @@ def stage_artifacts(artifacts_root, sft_adapter):
     model (1 epoch on 200 pairs), so the stages do not train their defaults."""
     from rlhf_helpers.reward import default_reward_dir, reward_defaults, run_reward_stage
 
-    run_reward_stage(reward_defaults("tiny", num_epochs=1, max_train_pairs=200), out_dir=default_reward_dir(),
-                     progress=False)
+    run_reward_stage(reward_defaults("tiny", num_epochs=1, max_train_pairs=200), progress=False)  # -> default dir
+    assert (default_reward_dir() / "reward_config.json").exists()  # where the stages look: they must not retrain it
     return artifacts_root
 
 

@@ -2,15 +2,22 @@
 notebook (their sanity-check cells assert each stage's results) and reports every stage's metrics.
 
 nbval runs the notebooks on the default ``tiny`` preset; this test runs them all again on ``tiny-causal``, headless
-through the same runner a learner uses, so a decoder-only regression in any notebook fails CI."""
+through the same runner a learner uses, so a decoder-only regression in any notebook fails it.
+
+About 20 minutes on a 2-core CPU, more than the whole default suite may take, so it is marked ``slow`` and runs with
+``make test ARGS="-m slow"`` (before a release, or after touching a notebook's decoder-only path).
+``tests/test_cli_tiny_causal.py`` keeps every decoder-only stage in the default suite, at small step counts."""
 
 import json
+
+import pytest
 
 from conftest import run_cli
 
 from rlhf_helpers.runner import course_notebooks
 
 
+@pytest.mark.slow
 def test_the_whole_course_runs_on_tiny_causal(tmp_path):
     out = tmp_path / "run"
     result = run_cli("run", "--preset", "tiny-causal", "--out", str(out), timeout=3000)
