@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -676,11 +676,15 @@ def overoptimisation_points(
 
 
 #: Notebook 06's over-optimisation demonstration: PPO from the SFT policy with no KL anchor (beta = 0, fixed) and a
-#: checkpoint every 10 steps, tracked on the first N_PROBE_PROMPTS held-out prompts. Measured (2-core CPU, seed 0): the
-#: proxy rises at every checkpoint (-1.31 -> +2.64), the sampled replies' gold score rises to 0.620 at step 30 and then
-#: stays flat within its error bars (0.617 at step 60), while the greedy replies of 60 of the 128 probe prompts gain
-#: proxy score and lose gold score. ``overoptimisation_run(..., **overrides)`` changes any PPOConfig field.
+#: checkpoint every 10 steps, tracked on the first N_PROBE_PROMPTS held-out prompts, against a *small* proxy reward
+#: model (OVEROPT_PROXY_PAIRS pairs). Why a small one: against the course's reward model (1418 pairs, accuracy 0.917)
+#: the gold score kept rising at beta = 0 -- 60 steps: 0.558 -> 0.617; 90 steps at 5x the learning rate: 0.558 ->
+#: 0.689, still rising (2-core CPU, seed 0) -- while against a proxy trained on 128 pairs (accuracy 0.809) the proxy
+#: rose from -1.31 to +1.36 and the gold score peaked at step 10 and fell beyond its error bars: Gao et al. (2022)
+#: find that smaller proxies (less data, fewer parameters) are over-optimised sooner. ``overoptimisation_run(...,
+#: proxy_pairs=None)`` runs against the course's reward model; ``**overrides`` change any PPOConfig field.
 OVEROPT_RUN = dict(init_kl_coef=0.0, adaptive_kl=False, steps=60, checkpoint_every=10)
+OVEROPT_PROXY_PAIRS = 128
 N_PROBE_PROMPTS = 128
 
 
@@ -695,6 +699,7 @@ class OveroptimisationRun:
     config: dict
     folder: Path
     greedy: dict  # {"SFT" | "last": {"replies": [...], "proxy": [...], "gold": [...]}}
+    proxy: dict = field(default_factory=dict)  # the reward model PPO optimised: pairs, accuracy, folder
 
     def table(self):
         import pandas as pd
@@ -741,12 +746,17 @@ def overoptimisation_run(
     judge=None,
     use_cache: bool = True,
     progress: bool = True,
+    proxy_pairs: int | None = OVEROPT_PROXY_PAIRS,
     **overrides,
 ) -> OveroptimisationRun:
-    """Train (once, cached under ``<artifacts>/evaluation/overopt/``, keyed by its config and the SFT and reward
-    weights) a PPO run with :data:`OVEROPT_RUN` (and ``overrides``) from the SFT policy, and measure every checkpoint
-    on ``prompts``: KL, proxy and gold score of sampled replies (cached per checkpoint like the main curve), and the
-    greedy replies of SFT and of the last checkpoint, scored by both judges."""
+    """Train (once, cached under ``<artifacts>/evaluation/overopt/``, keyed by its config and the SFT and proxy
+    weights) a PPO run with :data:`OVEROPT_RUN` (and ``overrides``) from the SFT policy against a proxy reward model,
+    and measure every checkpoint on ``prompts``: KL, proxy and gold score of sampled replies (cached per checkpoint like
+    the main curve), and the greedy replies of SFT and of the last checkpoint, scored by both judges.
+
+    The proxy is a reward model trained with the preset's defaults on ``proxy_pairs`` of the training pairs (seeded
+    subsample, cached; see :data:`OVEROPT_RUN` for why), or the course's reward model when ``proxy_pairs`` is None.
+    Every "proxy" number of the run is that model's score: the one PPO climbed."""
     from tqdm.auto import tqdm
 
     from rlhf_helpers.generation import DecodeSettings, generate_responses
@@ -755,6 +765,10 @@ def overoptimisation_run(
     from rlhf_helpers.ppo_stage import ppo_defaults, train_prompts
 
     judge = judge or gold_judge()
+    proxy, proxy_info = (policies.reward_model, {"pairs": None, "folder": str(policies.reward_dir)})
+    if proxy_pairs is not None:
+        proxy, proxy_info = proxy_reward_model(policies, proxy_pairs, progress)
+        policies = replace(policies, reward_model=proxy, digests={**policies.digests, "reward": proxy_info["digest"]})
     settings = {**OVEROPT_RUN, "temperature": policies.cfg.temperature, **overrides}
     cfg = ppo_defaults(policies.preset, **settings)
     tag = _digest(asdict(cfg), policies.digests["sft"], policies.digests["reward"])
@@ -764,7 +778,7 @@ def overoptimisation_run(
         trainer = PPOTrainer(
             model,
             policies.tokenizer,
-            policies.reward_model.score,
+            proxy.score,
             train_prompts(),
             cfg,
             max_source_length=policies.trainer.max_source_length,
@@ -772,7 +786,12 @@ def overoptimisation_run(
         trainer.train(checkpoint_dir=folder / "checkpoints", progress=progress)
         atomic_write_dir(folder / "final", trainer.save_checkpoint)
     candidates = _candidates_of_run(_adapter_file(policies.sft_dir), folder)
-    points = _measure_candidates(policies, candidates, prompts, judge, use_cache, progress)
+    scorer = policies.trainer.reward_fn
+    policies.trainer.reward_fn = proxy.score  # the sampled points' "proxy" is the model this run optimised
+    try:
+        points = _measure_candidates(policies, candidates, prompts, judge, use_cache, progress)
+    finally:
+        policies.trainer.reward_fn = scorer
 
     greedy_cache = evaluation_dir() / f"overopt_greedy_{_digest(CACHE_VERSION, tag, prompts, repr(judge))}.json"
     if use_cache and greedy_cache.exists():
@@ -798,7 +817,43 @@ def overoptimisation_run(
             }
         if use_cache:
             atomic_write_json(greedy_cache, greedy)
-    return OveroptimisationRun(points, list(prompts), asdict(cfg), folder, greedy)
+    return OveroptimisationRun(points, list(prompts), asdict(cfg), folder, greedy, proxy_info)
+
+
+def proxy_reward_model(policies: Policies, pairs: int, progress: bool = True):
+    """A reward model trained with the preset's defaults on a seeded subsample of ``pairs`` training pairs, cached
+    under ``<artifacts>/evaluation/overopt/proxy_<key>`` (keyed by its config, the base weights and the data); its
+    held-out accuracy and the length baseline's are measured on the validation pairs. The course's own reward
+    model and its metrics are left alone. Returns the model and ``{"pairs", "accuracy", "length_baseline_accuracy",
+    "digest", "folder"}``."""
+    from rlhf_helpers.data_prep import SPLIT_FILES, ensure_splits, load_split
+    from rlhf_helpers.reward import (
+        evaluate_reward_model,
+        load_reward_model,
+        reward_defaults,
+        subsample,
+        train_reward_model,
+    )
+
+    cfg = reward_defaults(policies.preset, max_train_pairs=pairs)
+    train_ds, eval_ds = load_split("pref_train"), load_split("pref_val")
+    data = [_file_digest(ensure_splits() / SPLIT_FILES[name]) for name in ("pref_train", "pref_val")]
+    key = _digest(CACHE_VERSION, asdict(cfg), policies.digests["base"], data)
+    folder = evaluation_dir() / "overopt" / f"proxy_{key}"
+    if not (folder / "proxy.json").exists():
+        eval_ds, _ = subsample(eval_ds, cfg.max_eval_pairs, cfg.seed)  # as run_reward_stage
+        training = train_reward_model(cfg, train_ds, eval_ds, progress=progress)
+        scores = evaluate_reward_model(training.reward_model, eval_ds, seed=cfg.seed)
+
+        def write(tmp: Path) -> None:
+            training.reward_model.save(tmp / "model")
+            info = {"pairs": training.n_train, "accuracy": scores["accuracy"],
+                    "length_baseline_accuracy": scores["length_baseline_accuracy"]}
+            atomic_write_json(tmp / "proxy.json", info)
+
+        atomic_write_dir(folder, write, keep_existing=True)
+    info = read_json(folder / "proxy.json") | {"digest": key, "folder": str(folder)}
+    return load_reward_model(folder / "model"), info
 
 
 def _measure_candidates(

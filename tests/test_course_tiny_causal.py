@@ -11,7 +11,6 @@ About 20 minutes on a 2-core CPU, more than the whole default suite may take, so
 import json
 
 import pytest
-
 from conftest import run_cli
 
 from rlhf_helpers.runner import course_notebooks

@@ -85,7 +85,7 @@ def config_fields() -> dict[str, set[str]]:
         "sft_defaults": {f.name for f in fields(SFTConfig)},
         "ppo_defaults": ppo,
         "reward_defaults": {f.name for f in fields(RewardConfig)},
-        "overoptimisation_run": ppo | {"judge", "use_cache", "progress"},
+        "overoptimisation_run": ppo | {"judge", "use_cache", "progress", "proxy_pairs"},
     }
 
 
