@@ -10,7 +10,8 @@ run at every N of ``--ns`` (a curve over N) at each seed.
 
 Every run is its own process (this script, ``--one``), so ``peak_memory_mb`` — on a CPU the process's resident
 high-water mark, which only grows — describes that run alone, as one CLI command would; runs go one after another,
-never in parallel. Each finished run is merged into ``benchmarks/beyond_ppo_seeds.json`` (``--out``) at once
+never in parallel. ``--loops`` afterwards adds each trained run's share of greedy replies that loop on one digit
+(``add_greedy_loops``). Each finished run is merged into ``benchmarks/beyond_ppo_seeds.json`` (``--out``) at once
 (atomically), so an interrupted sweep keeps what it finished; a rerun replaces the runs it redoes.
 
 The file holds, under ``"defaults"``: ``runs[method][seed]`` (method ``dpo``, ``rloo``, ``grpo``, ``best-of-<N>``),
@@ -32,6 +33,7 @@ import argparse
 import ast
 import hashlib
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -148,7 +150,8 @@ def head_to_head(entry: dict, ppo: dict | None = None):
     sweep; pass ``ppo_rows()`` for ``ppo_seeds.json``'s current numbers — then DPO, RLOO, GRPO, best-of-N at each
     N), with the gold win rate over SFT as mean/min/max over the seeds, each seed's bootstrap 95% interval, the KL to
     SFT (mean over seeds; ``kl`` says which KL), the training seconds (best-of-N: sampling and scoring), the whole
-    run's seconds and the peak memory (MiB; CPU: the run's process's resident high-water mark), means over seeds."""
+    run's seconds, the peak memory (MiB; CPU: the run's process's resident high-water mark) and the share of greedy
+    replies that loop on one digit (``--loops``; trained methods only), means over seeds."""
     import pandas as pd
 
     rows = []
@@ -163,7 +166,8 @@ def head_to_head(entry: dict, ppo: dict | None = None):
         rows.append({"method": name, "seeds": ",".join(runs), "win_rate_mean": statistics.fmean(wins),
                      "win_rate_min": min(wins), "win_rate_max": max(wins), "per_seed_95ci": cis or "not stored",
                      "kl_to_sft": mean(kl_key), "kl": kl_kind, "train_seconds": mean("train_seconds"),
-                     "run_seconds": mean("seconds"), "peak_memory_mb": mean("peak_memory_mb")})
+                     "run_seconds": mean("seconds"), "peak_memory_mb": mean("peak_memory_mb"),
+                     "greedy_loops": mean("greedy_loop_fraction")})
 
     ppo = entry.get("ppo", {}) if ppo is None else ppo
     if ppo.get("runs"):
@@ -215,6 +219,62 @@ def one_run(preset: str, method: str, seed: int, n: int | None, out_json: Path) 
     atomic_write_json(out_json, record)
 
 
+# --------------------------------------------------------------------------- greedy loops (after the sweep)
+
+#: A greedy reply stuck repeating one digit (16 or more in a row): the tiny policies' typical failure, an order number
+#: that never ends ("order #1111111111111111..."), so the reply never reaches its next step.
+LOOP = re.compile(r"(\d)\1{15,}")
+
+
+def loop_fraction(replies: list[str]) -> float:
+    return sum(bool(LOOP.search(r)) for r in replies) / max(len(replies), 1)
+
+
+def add_greedy_loops(preset: str, out: Path) -> dict:
+    """``--loops``: for every trained run of the stored sweep (DPO, RLOO, GRPO: their saved final adapters), the
+    share of its greedy replies to the 250 eval prompts that loop (``LOOP``), as ``greedy_loop_fraction``, and the
+    SFT policy's as ``sft_greedy_loop_fraction`` — the replies the gold judge compared. Read from the adapters the
+    sweep saved under ``<artifacts>/beyond_ppo_seeds``; the runs' other numbers are not touched."""
+    from rlhf_helpers.config import fast_cpu_math, select_preset
+
+    fast_cpu_math()
+    select_preset(preset)
+    from transformers import AutoTokenizer
+
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.dpo import dpo_defaults
+    from rlhf_helpers.generation import DecodeSettings, generate_responses
+    from rlhf_helpers.online_rl import online_defaults
+    from rlhf_helpers.ppo import load_policy_and_reference
+    from rlhf_helpers.ppo_stage import ensure_prerequisites
+    from rlhf_helpers.presets import get_preset
+
+    results = json.loads(out.read_text())
+    entry = results["defaults"]
+    prompts = list(load_split("eval")["prompt"])
+    max_source = get_preset(preset).max_source_length
+    sft_dir, _ = ensure_prerequisites(preset, progress=False)
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+
+    def greedy(adapter_dir: Path, adapter: str, max_new_tokens: int) -> list[str]:
+        model = load_policy_and_reference(adapter_dir, preset)
+        model.set_adapter(adapter)
+        return generate_responses(model, tokenizer, prompts, DecodeSettings(max_new_tokens=max_new_tokens),
+                                  max_source_length=max_source)
+
+    tokens = {"dpo": dpo_defaults(preset).kl_max_new_tokens}  # as the stages' greedy replies
+    tokens |= {m: online_defaults(m, preset).max_new_tokens for m in ("rloo", "grpo")}
+    entry["sft_greedy_loop_fraction"] = loop_fraction(greedy(sft_dir, "reference", tokens["dpo"]))
+    for method in ("dpo", "rloo", "grpo"):
+        for seed, record in entry["runs"].get(method, {}).items():
+            final = artifacts_dir() / "beyond_ppo_seeds" / method / f"seed_{seed}" / "final" / "policy"
+            record["greedy_loop_fraction"] = loop_fraction(greedy(final, "policy", tokens[method]))
+            print(f"{method} seed {seed}: {record['greedy_loop_fraction']:.3f} of greedy replies loop "
+                  f"(SFT {entry['sft_greedy_loop_fraction']:.3f})", flush=True)
+    atomic_write_json(out, results)
+    return entry
+
+
 # --------------------------------------------------------------------------- the sweep
 
 
@@ -249,11 +309,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ns", default=",".join(map(str, NS)), help="best-of-N's N values")
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "beyond_ppo_seeds.json"))
+    ap.add_argument("--loops", action="store_true", help="after a sweep: add each trained run's greedy-loop share")
     ap.add_argument("--one", nargs=4, metavar=("METHOD", "SEED", "N", "JSON"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.one:
         method, seed, n, out_json = args.one
         one_run(args.preset, method, int(seed), int(n) if n != "-" else None, Path(out_json))
+        return
+    if args.loops:
+        add_greedy_loops(args.preset, Path(args.out))
         return
     from rlhf_helpers.config import select_preset
 

@@ -57,3 +57,14 @@ def test_missing_runs(bps):
     assert len(bps.missing_runs({})) == 3 * (3 + 4)
     partial = {"runs": {"dpo": {"0": {}, "1": {}, "2": {}}}}
     assert "dpo@1" not in bps.missing_runs(partial) and "rloo@1" in bps.missing_runs(partial)
+
+
+def test_the_readme_states_the_stored_numbers(bps, entry):
+    """README's "Beyond PPO" paragraph copies each method's mean (min-max) gold win rate and mean KL from the file."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("**Beyond PPO")
+    paragraph = readme[start : readme.index("\n\n", start)]
+    table = bps.head_to_head(entry, bps.ppo_rows())
+    for method, r in table.iterrows():
+        stated = f"{r.win_rate_mean:.3f} ({r.win_rate_min:.3f}–{r.win_rate_max:.3f}) at {r.kl_to_sft:.2f} nats"
+        assert stated in paragraph, (method, stated)
