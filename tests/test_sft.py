@@ -1,4 +1,8 @@
-"""SFT stage: the acceptance thresholds on the tiny preset, adapter reload/merge, label masking."""
+"""SFT stage: what it records, adapter reload/merge, label masking.
+
+The acceptance thresholds of the default run (ROUGE-L at least 0.35 and at least twice the base's) are asserted by
+notebook 02's sanity-check cell, which nbval runs with the defaults in the same suite; training those defaults a second
+time here cost several minutes of the suite's budget, so this module trains a short run (2 epochs)."""
 
 import json
 
@@ -19,7 +23,7 @@ def sft_run(tmp_path_factory):
     old = os.environ.get("RLHF_ARTIFACTS")
     os.environ["RLHF_ARTIFACTS"] = str(folder / "artifacts")
     try:
-        yield run_sft_stage(sft_defaults("tiny"), out_dir=folder / "out", progress=False), folder / "out"
+        yield run_sft_stage(sft_defaults("tiny", num_epochs=2), out_dir=folder / "out", progress=False), folder / "out"
     finally:
         if old is None:
             os.environ.pop("RLHF_ARTIFACTS")
@@ -27,11 +31,10 @@ def sft_run(tmp_path_factory):
             os.environ["RLHF_ARTIFACTS"] = old
 
 
-def test_sft_meets_the_acceptance_thresholds(sft_run):
+def test_sft_improves_on_the_base_and_records_its_metrics(sft_run):
     out, folder = sft_run
     m = out.metrics
-    assert m["rougeL"] >= 0.35
-    assert m["rougeL"] >= 2 * m["rougeL_before"]
+    assert m["rougeL"] > m["rougeL_before"], m
     saved = json.loads((folder / "metrics.json").read_text())
     for key in ("rougeL", "rougeL_before", "bleu", "meteor", "train_seconds", "trainable_params"):
         assert key in saved
