@@ -180,6 +180,7 @@ def test_the_makefile_runs_the_set_up_then_the_course_or_pytest():
     assert [c for c in commands if c] == ["make course", "make test"]
     ci = (REPO / ".ci" / "run").read_text()
     assert "\nmake test\n" in ci and 'rm -rf "$VENV"' in ci  # CI: the README's command, on a fresh environment
+    assert "\nmake course ARGS=" in ci  # and the first one, on its first notebooks
 
 
 def test_the_environment_running_make_test_is_up_to_date():
