@@ -6,6 +6,8 @@ course runner and copies the executed cells back into ``notebooks/``, cleaned so
 
 * no per-cell execution timestamps (nbclient's ``metadata.execution``) and no progress-bar widget state;
 * stream and text outputs of one cell capped at :data:`MAX_TEXT_CHARS` characters;
+* this machine's folders (the run's output folder, the repository, site-packages, the home folder) cut from the
+  outputs' text, so a path reads ``artifacts/sft/adapter``, not ``/home/me/rlhf-course/runs/reference/artifacts/...``;
 * a stamp in the notebook's metadata: the sha256 of its own cell sources when it ran, so a test can tell that the
   committed outputs belong to the cells next to them (edit a cell and the stamp no longer matches: refresh).
 """
@@ -36,10 +38,23 @@ def _cap(text: str) -> str:
     return text[:MAX_TEXT_CHARS] + f"\n... [{len(text) - MAX_TEXT_CHARS} more characters cut from this page]\n"
 
 
-def clean_executed(nb: dict, preset: str, seed: int) -> dict:
+def _strip(text: str, prefixes: dict[str, str]) -> str:
+    for prefix in sorted(prefixes, key=len, reverse=True):  # the run folder lies inside the repository: longest first
+        text = text.replace(prefix, prefixes[prefix])
+    return text
+
+
+def clean_executed(nb: dict, preset: str, seed: int, strip_paths: dict[str, str] | None = None) -> dict:
     """The executed notebook ``nb`` (nbformat JSON) with volatile metadata removed, long outputs capped and the stamp
-    set. Widget views (progress bars, the labelling widget) are dropped: their state is not saved with the page."""
+    set. Widget views (progress bars, the labelling widget) are dropped: their state is not saved with the page.
+    Each key of ``strip_paths`` (a folder prefix ending in ``/``) is replaced in the outputs' text by its value."""
     nb = json.loads(json.dumps(nb))
+    # as they appear inside JSON strings
+    escaped = {json.dumps(k, ensure_ascii=False)[1:-1]: json.dumps(v, ensure_ascii=False)[1:-1]
+               for k, v in (strip_paths or {}).items()}
+    for cell in nb["cells"]:
+        if cell.get("outputs") and escaped:
+            cell["outputs"] = json.loads(_strip(json.dumps(cell["outputs"], ensure_ascii=False), escaped))
     nb["metadata"].pop("widgets", None)
     nb["metadata"][STAMP_KEY] = {"preset": preset, "seed": seed, "sources_sha256": source_digest(nb)}
     for cell in nb["cells"]:
@@ -77,6 +92,22 @@ def stale_notebooks(folder: Path) -> list[str]:
     return stale
 
 
+def machine_paths(out: Path) -> dict[str, str]:
+    """What :func:`clean_executed` replaces: the run's output folder (its artifacts live there) and the repository by
+    nothing, the installed packages' folder by nothing (a warning reads ``transformers/modeling_utils.py:...``), the
+    home folder by ``~/``: absolute paths ending in ``/``."""
+    import sysconfig
+
+    from rlhf_helpers.config import REPO_ROOT
+
+    return {
+        str(Path(out).resolve()) + "/": "",
+        str(Path(REPO_ROOT).resolve()) + "/": "",
+        str(Path(sysconfig.get_paths()["purelib"]).resolve()) + "/": "",
+        str(Path.home().resolve()) + "/": "~/",
+    }
+
+
 def refresh_outputs(out: Path, notebooks: Path, preset: str = "tiny") -> list[Path]:
     """Run the course into ``out`` (the runner's fresh artifacts) and write each executed notebook, cleaned, over its
     source in ``notebooks``. Nothing is written unless every notebook ran: a failed run leaves the repository as it
@@ -86,11 +117,15 @@ def refresh_outputs(out: Path, notebooks: Path, preset: str = "tiny") -> list[Pa
     from rlhf_helpers.runner import run_course
 
     summary = run_course(out, preset=preset)  # raises on the first failing notebook
-    written = []
+    cleaned = {}
     for entry in summary["notebooks"]:
         executed = json.loads((Path(out) / f"{entry['name']}.ipynb").read_text())
         target = Path(notebooks) / f"{entry['name']}.ipynb"
-        cleaned = clean_executed(executed, preset, course_seed())
-        atomic_write_text(target, json.dumps(cleaned, indent=1, ensure_ascii=False) + "\n")
-        written.append(target)
-    return written
+        cleaned[target] = clean_executed(executed, preset, course_seed(), strip_paths=machine_paths(out))
+    # A notebook edited while the course ran would lose that edit to the executed copy: refuse, write nothing.
+    edited = [t.name for t, nb in cleaned.items() if source_digest(json.loads(t.read_text())) != source_digest(nb)]
+    if edited:
+        raise RuntimeError(f"{', '.join(edited)} changed while the reference run ran; nothing was written: run again")
+    for target, nb in cleaned.items():
+        atomic_write_text(target, json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+    return list(cleaned)
