@@ -46,6 +46,7 @@ sys.path.insert(0, str(REPO))
 
 from rlhf_helpers.config import artifacts_dir  # noqa: E402
 from rlhf_helpers.io_utils import atomic_write_json  # noqa: E402
+from rlhf_helpers.stats import over_seeds  # noqa: E402
 
 CODE_FILES = ("dpo.py", "dpo_math.py", "online_rl.py", "online_math.py", "best_of_n.py", "beyond_ppo_stage.py")
 METHODS = ("dpo", "rloo", "grpo", "best-of-n")
@@ -103,15 +104,7 @@ def run_name(method: str, n: int | None = None) -> str:
 
 def summarise(runs: dict[str, dict]) -> dict:
     """mean, min and max of each summarised metric over the seeds."""
-    return {
-        key: {
-            "mean": statistics.fmean(r[key] for r in runs.values()),
-            "min": min(r[key] for r in runs.values()),
-            "max": max(r[key] for r in runs.values()),
-        }
-        for key in SUMMARY_KEYS
-        if all(key in r for r in runs.values())
-    }
+    return over_seeds(runs, SUMMARY_KEYS)
 
 
 def ppo_rows() -> dict:

@@ -20,7 +20,6 @@ import argparse
 import ast
 import hashlib
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from rlhf_helpers.config import artifacts_dir  # noqa: E402
 from rlhf_helpers.io_utils import atomic_write_json  # noqa: E402
+from rlhf_helpers.stats import over_seeds  # noqa: E402
 
 #: What a run records, from ``run_ppo_stage``'s metrics.
 KEYS = ("win_rate_vs_sft", "kl_end", "reward_start", "reward_end", "rm_score_sft_eval", "rm_score_ppo_eval")
@@ -66,14 +66,7 @@ def parse_overrides(items: list[str]) -> dict:
 
 def summarise(runs: dict[str, dict]) -> dict:
     """mean, min and max of each recorded metric over the seeds."""
-    return {
-        key: {
-            "mean": statistics.fmean(r[key] for r in runs.values()),
-            "min": min(r[key] for r in runs.values()),
-            "max": max(r[key] for r in runs.values()),
-        }
-        for key in KEYS
-    }
+    return over_seeds(runs, KEYS)
 
 
 def run_variant(preset: str, seeds: list[int], overrides: dict, folder: Path) -> dict[str, dict]:

@@ -48,3 +48,19 @@ def bootstrap_ci(
         return (math.nan, math.nan)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(low), float(high)
+
+
+def over_seeds(runs: dict[str, dict], keys) -> dict[str, dict[str, float]]:
+    """Mean, min and max of each metric in ``keys`` over the runs (one per seed) that all record it: how the course
+    reports a noisy RL result (never one lucky draw). ``runs`` maps a seed to that run's metrics."""
+    import statistics
+
+    return {
+        key: {
+            "mean": statistics.fmean(r[key] for r in runs.values()),
+            "min": min(r[key] for r in runs.values()),
+            "max": max(r[key] for r in runs.values()),
+        }
+        for key in keys
+        if all(key in r for r in runs.values())
+    }

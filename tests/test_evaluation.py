@@ -332,3 +332,33 @@ def test_evaluate_cli_rejects_bad_input_before_training_anything(tmp_path):
     result = run_cli("evaluate", "--ppo", str(tmp_path / "typo"), "--out", str(tmp_path / "out"), "--quiet", env=env)
     assert result.returncode == 2 and "no PPO checkpoint here" in result.stderr
     assert not (tmp_path / "artifacts" / "sft").exists() and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_over_seeds_summarises_by_hand_and_skips_metrics_a_run_lacks():
+    from rlhf_helpers.stats import over_seeds
+
+    runs = {"0": {"win": 0.5, "kl": 2.0}, "1": {"win": 0.8, "kl": 4.0}, "2": {"win": 0.2}}
+    assert over_seeds(runs, ("win", "kl")) == {"win": {"mean": 0.5, "min": 0.2, "max": 0.8}}
+    assert over_seeds({k: runs[k] for k in ("0", "1")}, ("kl",)) == {"kl": {"mean": 3.0, "min": 2.0, "max": 4.0}}
+
+
+def test_the_stored_seed_summaries_are_what_over_seeds_computes_from_their_runs():
+    """benchmarks/*_seeds.json keep each run and the summary: the summary is recomputable from the runs."""
+    import importlib.util
+
+    from conftest import REPO
+
+    def module(name):
+        spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+        m = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(m)
+        return m
+
+    ppo = module("ppo_seeds")
+    stored = json.loads((REPO / "benchmarks" / "ppo_seeds.json").read_text())["defaults"]
+    assert ppo.summarise(stored["runs"]) == stored["summary"]  # the same float operations: exactly
+    beyond = module("beyond_ppo_seeds")
+    entry = json.loads((REPO / "benchmarks" / "beyond_ppo_seeds.json").read_text())["defaults"]
+    runs, summary = entry["runs"], entry["summary"]
+    for name, seeds in runs.items():
+        assert beyond.summarise(seeds) == summary[name], name
