@@ -32,7 +32,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -680,7 +680,7 @@ def overoptimisation_points(
 #: model (OVEROPT_PROXY_PAIRS pairs). Why a small one: against the course's reward model (1418 pairs, accuracy 0.917)
 #: the gold score kept rising at beta = 0 -- 60 steps: 0.558 -> 0.617; 90 steps at 5x the learning rate: 0.558 ->
 #: 0.689, still rising (2-core CPU, seed 0) -- while against a proxy trained on 128 pairs (accuracy 0.809) the proxy
-#: rose from -1.31 to +1.36 and the gold score peaked at step 10 and fell beyond its error bars: Gao et al. (2022)
+#: rose from -2.08 to +1.11 and the gold score peaked at step 10 and fell beyond its error bars: Gao et al. (2022)
 #: find that smaller proxies (less data, fewer parameters) are over-optimised sooner. ``overoptimisation_run(...,
 #: proxy_pairs=None)`` runs against the course's reward model; ``**overrides`` change any PPOConfig field.
 OVEROPT_RUN = dict(init_kl_coef=0.0, adaptive_kl=False, steps=60, checkpoint_every=10)
@@ -757,21 +757,21 @@ def overoptimisation_run(
     The proxy is a reward model trained with the preset's defaults on ``proxy_pairs`` of the training pairs (seeded
     subsample, cached; see :data:`OVEROPT_RUN` for why), or the course's reward model when ``proxy_pairs`` is None.
     Every "proxy" number of the run is that model's score: the one PPO climbed."""
-    from tqdm.auto import tqdm
 
-    from rlhf_helpers.generation import DecodeSettings, generate_responses
     from rlhf_helpers.judger import gold_judge
     from rlhf_helpers.ppo import PPOTrainer, load_policy_and_reference
     from rlhf_helpers.ppo_stage import ppo_defaults, train_prompts
 
     judge = judge or gold_judge()
-    proxy, proxy_info = (policies.reward_model, {"pairs": None, "folder": str(policies.reward_dir)})
-    if proxy_pairs is not None:
+    if proxy_pairs is None:
+        proxy = policies.reward_model
+        proxy_info = {"pairs": None, "folder": str(policies.reward_dir), "digest": policies.digests["reward"]}
+        proxy_info |= _recorded_reward_accuracy()
+    else:
         proxy, proxy_info = proxy_reward_model(policies, proxy_pairs, progress)
-        policies = replace(policies, reward_model=proxy, digests={**policies.digests, "reward": proxy_info["digest"]})
     settings = {**OVEROPT_RUN, "temperature": policies.cfg.temperature, **overrides}
     cfg = ppo_defaults(policies.preset, **settings)
-    tag = _digest(asdict(cfg), policies.digests["sft"], policies.digests["reward"])
+    tag = _digest(asdict(cfg), policies.digests["sft"], proxy_info["digest"])
     folder = evaluation_dir() / "overopt" / tag
     if not (folder / "final" / "ppo_config.json").exists():
         model = load_policy_and_reference(policies.sft_dir, policies.preset)
@@ -786,43 +786,70 @@ def overoptimisation_run(
         trainer.train(checkpoint_dir=folder / "checkpoints", progress=progress)
         atomic_write_dir(folder / "final", trainer.save_checkpoint)
     candidates = _candidates_of_run(_adapter_file(policies.sft_dir), folder)
-    scorer = policies.trainer.reward_fn
-    policies.trainer.reward_fn = proxy.score  # the sampled points' "proxy" is the model this run optimised
-    try:
+    with _scored_by(policies, proxy, proxy_info["digest"]):  # every "proxy" number is the model this run optimised
         points = _measure_candidates(policies, candidates, prompts, judge, use_cache, progress)
+        greedy = _greedy_sft_and_last(policies, candidates, prompts, judge, tag, cfg.max_new_tokens, use_cache,
+                                      progress)
+    return OveroptimisationRun(points, list(prompts), asdict(cfg), folder, greedy, proxy_info)
+
+
+@contextmanager
+def _scored_by(policies: Policies, reward_model, digest: str) -> Iterator[None]:
+    """Within the block, ``policies`` scores with ``reward_model`` (its own ``reward_model``, its trainer's
+    ``reward_fn`` and the reward digest its caches are keyed by); afterwards it is exactly as before. The same object
+    is changed, not a copy, so the weights it records as loaded (``use_weights``) stay true for the caller."""
+    saved = (policies.reward_model, policies.digests, policies.trainer.reward_fn)
+    policies.reward_model, policies.trainer.reward_fn = reward_model, reward_model.score
+    policies.digests = {**policies.digests, "reward": digest}
+    try:
+        yield
     finally:
-        policies.trainer.reward_fn = scorer
+        policies.reward_model, policies.digests, policies.trainer.reward_fn = saved
+
+
+def _greedy_sft_and_last(policies: Policies, candidates, prompts, judge, tag, max_new_tokens, use_cache, progress):
+    """Greedy replies of SFT and of the run's last checkpoint, with their proxy and gold scores (cached)."""
+    from tqdm.auto import tqdm
+
+    from rlhf_helpers.generation import DecodeSettings, generate_responses
 
     greedy_cache = evaluation_dir() / f"overopt_greedy_{_digest(CACHE_VERSION, tag, prompts, repr(judge))}.json"
     if use_cache and greedy_cache.exists():
-        greedy = read_json(greedy_cache)
-    else:
-        greedy = {}
-        decode = DecodeSettings(max_new_tokens=cfg.max_new_tokens)
-        for name, cand in tqdm((("SFT", candidates[0]), ("last", candidates[-1])), disable=not progress, leave=False):
-            policies.use_weights(cand.adapter)
-            policies.model.set_adapter("policy")
-            replies = generate_responses(
-                policies.model,
-                policies.tokenizer,
-                prompts,
-                decode,
-                batch_size=policies.batch_size,
-                max_source_length=policies.trainer.max_source_length,
-            )
-            greedy[name] = {
-                "replies": replies,
-                "proxy": list(policies.reward_model.score(prompts, replies, batch_size=policies.batch_size)),
-                "gold": judge.score(prompts, replies).total.tolist(),
-            }
-        if use_cache:
-            atomic_write_json(greedy_cache, greedy)
-    return OveroptimisationRun(points, list(prompts), asdict(cfg), folder, greedy, proxy_info)
+        return read_json(greedy_cache)
+    greedy = {}
+    decode = DecodeSettings(max_new_tokens=max_new_tokens)
+    for name, cand in tqdm((("SFT", candidates[0]), ("last", candidates[-1])), disable=not progress, leave=False):
+        policies.use_weights(cand.adapter)
+        policies.model.set_adapter("policy")
+        replies = generate_responses(
+            policies.model,
+            policies.tokenizer,
+            prompts,
+            decode,
+            batch_size=policies.batch_size,
+            max_source_length=policies.trainer.max_source_length,
+        )
+        greedy[name] = {
+            "replies": replies,
+            "proxy": list(policies.reward_model.score(prompts, replies, batch_size=policies.batch_size)),
+            "gold": judge.score(prompts, replies).total.tolist(),
+        }
+    if use_cache:
+        atomic_write_json(greedy_cache, greedy)
+    return greedy
+
+
+def _recorded_reward_accuracy() -> dict:
+    """The course reward model's held-out accuracy and length baseline, as notebook 03 recorded them (or nothing)."""
+    from rlhf_helpers.report import collect_metrics
+
+    recorded = collect_metrics().get("reward", {})
+    return {k: recorded[k] for k in ("accuracy", "length_baseline_accuracy", "n_train") if k in recorded}
 
 
 def proxy_reward_model(policies: Policies, pairs: int, progress: bool = True):
     """A reward model trained with the preset's defaults on a seeded subsample of ``pairs`` training pairs, cached
-    under ``<artifacts>/evaluation/overopt/proxy_<key>`` (keyed by its config, the base weights and the data); its
+    under ``<artifacts>/evaluation/overopt/proxy_<key>`` (keyed by its config, the preset's base and the data); its
     held-out accuracy and the length baseline's are measured on the validation pairs. The course's own reward
     model and its metrics are left alone. Returns the model and ``{"pairs", "accuracy", "length_baseline_accuracy",
     "digest", "folder"}``."""
@@ -852,7 +879,7 @@ def proxy_reward_model(policies: Policies, pairs: int, progress: bool = True):
             atomic_write_json(tmp / "proxy.json", info)
 
         atomic_write_dir(folder, write, keep_existing=True)
-    info = read_json(folder / "proxy.json") | {"digest": key, "folder": str(folder)}
+    info = read_json(folder / "proxy.json") | {"digest": _reward_digest(folder / "model"), "folder": str(folder)}
     return load_reward_model(folder / "model"), info
 
 

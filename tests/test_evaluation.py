@@ -362,3 +362,25 @@ def test_the_stored_seed_summaries_are_what_over_seeds_computes_from_their_runs(
     runs, summary = entry["runs"], entry["summary"]
     for name, seeds in runs.items():
         assert beyond.summarise(seeds) == summary[name], name
+
+
+def test_the_over_optimisation_run_scores_with_its_proxy_and_restores_the_policies_after():
+    """Inside the block every score comes from the proxy; afterwards (also after an error) the caller's object scores
+    with the course's reward model again. The object itself is changed, not copied, so what it records as loaded
+    (``use_weights`` skips a reload of the same file) stays true for the caller."""
+    from types import SimpleNamespace
+
+    from rlhf_helpers.evaluation import _scored_by
+
+    course, proxy = SimpleNamespace(score=lambda p, r: [1.0]), SimpleNamespace(score=lambda p, r: [2.0])
+    policies = SimpleNamespace(reward_model=course, digests={"sft": "s", "reward": "course"},
+                               trainer=SimpleNamespace(reward_fn=course.score), loaded="sft")
+    digests = policies.digests
+    with pytest.raises(RuntimeError):
+        with _scored_by(policies, proxy, "proxy"):
+            assert policies.reward_model is proxy and policies.trainer.reward_fn([], []) == [2.0]
+            assert policies.digests == {"sft": "s", "reward": "proxy"} and digests["reward"] == "course"
+            policies.loaded = "checkpoint-60"  # what use_weights does inside the block
+            raise RuntimeError("a failing measurement")
+    assert policies.reward_model is course and policies.trainer.reward_fn is course.score
+    assert policies.digests is digests and policies.loaded == "checkpoint-60"
