@@ -100,12 +100,13 @@ def machine_paths(out: Path) -> dict[str, str]:
 
     from rlhf_helpers.config import REPO_ROOT
 
-    return {
+    paths = {
         str(Path(out).resolve()) + "/": "",
         str(Path(REPO_ROOT).resolve()) + "/": "",
         str(Path(sysconfig.get_paths()["purelib"]).resolve()) + "/": "",
         str(Path.home().resolve()) + "/": "~/",
     }
+    return {k: v for k, v in paths.items() if k.strip("/")}  # a home of "/" would turn every "https://" into "https:~/"
 
 
 def refresh_outputs(out: Path, notebooks: Path, preset: str = "tiny") -> list[Path]:

@@ -30,6 +30,13 @@ def causal_artifacts(tmp_path_factory):
     return art, env
 
 
+def _weights_stamp(art):
+    """When the SFT adapter and the reward model the policy stages must reuse were last written."""
+    files = [art / "tiny-causal" / "sft" / "adapter" / "adapter_model.safetensors",
+             *sorted((art / "tiny-causal" / "reward").glob("*.safetensors"))]
+    return [(f.name, f.stat().st_mtime_ns) for f in files]
+
+
 def test_sft_and_reward_model_write_their_metrics(causal_artifacts):
     art, _ = causal_artifacts
     sft = json.loads((art / "tiny-causal" / "sft" / "metrics.json").read_text())
@@ -53,8 +60,10 @@ def test_sft_and_reward_model_write_their_metrics(causal_artifacts):
 def test_policy_stage_runs_on_tiny_causal(causal_artifacts, tmp_path, command, extra):
     art, env = causal_artifacts
     out = tmp_path / command
+    before = _weights_stamp(art)
     result = run_cli(command, "--preset", "tiny-causal", "--out", str(out), "--quiet", *extra, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert _weights_stamp(art) == before, "the stage trained its own SFT adapter or reward model instead of reusing"
     m = json.loads((out / "metrics.json").read_text())
     assert 0 <= m["win_rate_vs_sft"] <= 1 and m["n_eval"] > 0, m
     kl = m.get("kl_to_sft", m.get("kl_end"))

@@ -71,7 +71,8 @@ def test_every_committed_notebook_holds_the_outputs_of_its_current_cells():
         assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), path.name
         assert all("execution" not in c.get("metadata", {}) for c in nb["cells"]), path.name  # no timestamps
         outputs = json.dumps([c.get("outputs", []) for c in nb["cells"]])
-        assert str(REPO_ROOT) not in outputs, f"this machine's repository path in the outputs of {path.name}"
+        for machine_path in (str(REPO_ROOT), "/home/", "/Users/", "/root/", "/tmp/", "site-packages/"):
+            assert machine_path not in outputs, f"a machine path ({machine_path}) in the outputs of {path.name}"
 
 
 def test_refresh_writes_nothing_when_a_notebook_changed_during_the_run(tmp_path, monkeypatch):
@@ -105,3 +106,14 @@ def test_refresh_writes_nothing_when_a_notebook_changed_during_the_run(tmp_path,
     (notebooks / "01_b.ipynb").write_text(json.dumps(notebook("print(1)")))
     assert [p.name for p in refresh_outputs(out, notebooks)] == ["00_a.ipynb", "01_b.ipynb"]
     assert not stale_notebooks(notebooks)
+
+
+def test_a_home_of_root_does_not_turn_urls_into_home_paths(tmp_path, monkeypatch):
+    from rlhf_helpers.notebook_outputs import machine_paths
+
+    monkeypatch.setenv("HOME", "/")
+    paths = machine_paths(tmp_path)
+    assert "~/" not in paths.values() and all(k.strip("/") for k in paths)
+    nb = {"metadata": {}, "cells": [{"cell_type": "code", "execution_count": 1, "metadata": {}, "source": "",
+                                     "outputs": [{"output_type": "stream", "name": "stdout", "text": "https://x.org"}]}]}
+    assert clean_executed(nb, "tiny", 0, strip_paths=paths)["cells"][0]["outputs"][0]["text"] == "https://x.org"
