@@ -30,8 +30,6 @@ behaviour the numbers describe: ``dpo.py``, ``dpo_math.py``, ``online_rl.py``, `
 from __future__ import annotations
 
 import argparse
-import ast
-import hashlib
 import json
 import re
 import statistics
@@ -46,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from rlhf_helpers.config import artifacts_dir  # noqa: E402
 from rlhf_helpers.io_utils import atomic_write_json  # noqa: E402
+from rlhf_helpers.report import code_digest as report_code_digest  # noqa: E402
 from rlhf_helpers.stats import over_seeds  # noqa: E402
 
 CODE_FILES = ("dpo.py", "dpo_math.py", "online_rl.py", "online_math.py", "best_of_n.py", "beyond_ppo_stage.py")
@@ -72,18 +71,9 @@ KL_MEASURE = {
 
 
 def code_digest() -> str:
-    """sha256 over the syntax trees of the beyond-PPO code, comments and docstrings left out (as
+    """sha256 over the syntax trees of the beyond-PPO code, docstrings left out (``report.code_digest``, as
     ``ppo_seeds.code_digest``): editing the prose does not make the numbers stale, changing the code does."""
-    h = hashlib.sha256()
-    for name in CODE_FILES:
-        tree = ast.parse((REPO / "rlhf_helpers" / name).read_text())
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
-                if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                    node.body = body[1:] or [ast.Pass()]
-        h.update(ast.dump(tree).encode())
-    return h.hexdigest()
+    return report_code_digest(*CODE_FILES)
 
 
 def shared_code_digest() -> str:

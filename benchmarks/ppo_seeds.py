@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import sys
 import time
@@ -29,25 +28,21 @@ sys.path.insert(0, str(REPO))
 
 from rlhf_helpers.config import artifacts_dir  # noqa: E402
 from rlhf_helpers.io_utils import atomic_write_json  # noqa: E402
+from rlhf_helpers.report import code_digest as report_code_digest  # noqa: E402
 from rlhf_helpers.stats import over_seeds  # noqa: E402
 
 #: What a run records, from ``run_ppo_stage``'s metrics.
 KEYS = ("win_rate_vs_sft", "kl_end", "reward_start", "reward_end", "rm_score_sft_eval", "rm_score_ppo_eval")
 
 
+#: The PPO code whose behaviour the stored numbers describe.
+CODE_FILES = ("ppo.py", "ppo_math.py", "ppo_stage.py", "policy.py")
+
+
 def code_digest() -> str:
-    """sha256 over the syntax trees of the PPO code whose behaviour the numbers describe, comments and
-    docstrings left out: editing the prose does not make the numbers stale, changing the code does."""
-    h = hashlib.sha256()
-    for name in ("ppo.py", "ppo_math.py", "ppo_stage.py", "policy.py"):
-        tree = ast.parse((REPO / "rlhf_helpers" / name).read_text())
-        for node in ast.walk(tree):
-            body = getattr(node, "body", None)
-            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
-                if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
-                    node.body = body[1:] or [ast.Pass()]
-        h.update(ast.dump(tree).encode())
-    return h.hexdigest()
+    """sha256 over the syntax trees of :data:`CODE_FILES` (``report.code_digest``): editing the prose does not make the
+    numbers stale, changing the code does."""
+    return report_code_digest(*CODE_FILES)
 
 
 def parse_overrides(items: list[str]) -> dict:

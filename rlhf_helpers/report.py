@@ -155,3 +155,22 @@ def render_summary_markdown(summary: dict) -> str:
     for rel in figures:
         lines += ["", f"![{Path(rel).stem}]({rel})"]
     return "\n".join(lines) + "\n"
+
+
+def code_digest(*names: str) -> str:
+    """sha256 over the syntax trees of ``rlhf_helpers/<name>`` for each name, docstrings left out: what stored
+    benchmark results (``benchmarks/*_seeds.json``) record as the code that made them, so a notebook can say whether
+    they are current. Editing prose (docstrings, comments) does not make them stale; changing the code does."""
+    import ast
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in names:
+        tree = ast.parse((Path(__file__).resolve().parent / name).read_text())
+        for node in ast.walk(tree):
+            body = getattr(node, "body", None)
+            if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+                if isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str):
+                    node.body = body[1:] or [ast.Pass()]
+        h.update(ast.dump(tree).encode())
+    return h.hexdigest()
