@@ -45,7 +45,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -360,22 +359,8 @@ def spawn(worker: str, method: str, shape: str, shape_dir: Path, tag: str, **ext
     result = shape_dir / f"{tag}.json"
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", worker, "--method", method, "--shape", shape,
            "--shape-dir", str(shape_dir), "--result", str(result)]  # fmt: skip
-    for k, v in extra.items():
-        cmd += [f"--{k.replace('_', '-')}", str(v)]
-    env = dict(os.environ, TQDM_DISABLE="1", TOKENIZERS_PARALLELISM="false", PYTHONWARNINGS="ignore",
-               TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1", WANDB_DISABLED="true", OMP_WAIT_POLICY="PASSIVE",
-               GOMP_SPINCOUNT="0", ACCELERATE_USE_CPU="1")  # fmt: skip
-    env.setdefault("RLHF_CACHE", "/tmp/c5")
-    if extra.get("threads"):
-        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(extra["threads"])
-    t0 = time.perf_counter()
-    with open(shape_dir / f"{tag}.log", "w") as log:
-        proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    if proc.returncode != 0 or not result.exists():
-        tail = (shape_dir / f"{tag}.log").read_text()[-4000:]
-        raise RuntimeError(f"worker {tag} failed (rc {proc.returncode}); log tail:\n{tail}")
-    out = json.loads(result.read_text())
-    out["wall_s"] = time.perf_counter() - t0
+    out = ps.run_worker(cmd, extra, shape_dir / f"{tag}.log", result, tail_chars=4000, OMP_WAIT_POLICY="PASSIVE",
+                        GOMP_SPINCOUNT="0", ACCELERATE_USE_CPU="1")
     out["load_average_after"] = os.getloadavg()
     return out
 

@@ -579,6 +579,14 @@ def spawn(python: Path | str, worker: str, shape: str, shape_dir: Path, logdir: 
         "--result",
         str(result),
     ]
+    return run_worker(cmd, extra, logdir / f"{tag}.log", result, tail_chars=3000)
+
+
+def run_worker(cmd: list[str], extra: dict, log_path: Path, result: Path, tail_chars: int, **env_extra: str) -> dict:
+    """Run one benchmark worker in a fresh process (``extra`` becomes ``--key value`` flags; ``threads`` also sets the
+    thread count), its output in ``log_path``; return the JSON it wrote to ``result`` with the wall time added. Shared
+    with ``beyond_ppo_step.py``, which adds its own environment (``env_extra``)."""
+    cmd = list(cmd)
     for k, v in extra.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     env = dict(
@@ -589,16 +597,17 @@ def spawn(python: Path | str, worker: str, shape: str, shape_dir: Path, logdir: 
         TRANSFORMERS_VERBOSITY="error",
         HF_HUB_OFFLINE="1",
         WANDB_DISABLED="true",
+        **env_extra,
     )
     env.setdefault("RLHF_CACHE", "/tmp/c5")
     if extra.get("threads"):
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(extra["threads"])
     t0 = time.perf_counter()
-    with open(logdir / f"{tag}.log", "w") as log:
+    with open(log_path, "w") as log:
         proc = subprocess.run(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     if proc.returncode != 0 or not result.exists():
-        tail = (logdir / f"{tag}.log").read_text()[-3000:]
-        raise RuntimeError(f"worker {tag} failed (rc {proc.returncode}); log tail:\n{tail}")
+        tail = log_path.read_text()[-tail_chars:]
+        raise RuntimeError(f"worker {log_path.stem} failed (rc {proc.returncode}); log tail:\n{tail}")
     out = json.loads(result.read_text())
     out["wall_s"] = time.perf_counter() - t0
     return out
