@@ -112,7 +112,7 @@ def _cmd_reward(args: argparse.Namespace) -> int:
     from rlhf_helpers.data_loading import DataValidationError
     from rlhf_helpers.distributed import is_main_process
     from rlhf_helpers.presets import PresetUnavailableError
-    from rlhf_helpers.reward import reward_defaults, run_reward_stage
+    from rlhf_helpers.reward import default_reward_backbone, reward_defaults, run_reward_stage
 
     overrides = {
         k: v
@@ -128,8 +128,9 @@ def _cmd_reward(args: argparse.Namespace) -> int:
     }
     if args.full_finetune:
         overrides["use_lora"] = False
+        overrides["frozen_backbone"] = False  # a pretrained encoder is fine-tuned, not frozen
     try:
-        cfg = reward_defaults(args.backbone, **overrides)
+        cfg = reward_defaults(args.backbone or default_reward_backbone(), **overrides)
         if cfg.max_train_pairs and is_main_process():
             print(
                 f"note: training on at most {cfg.max_train_pairs} pairs (subsampled with seed {cfg.seed}; "
@@ -275,6 +276,7 @@ def _cmd_refresh_outputs(args) -> int:
     print(f"stored the outputs of {len(written)} notebooks (run in {args.out})")
     return 0
 
+
 def _beyond_ppo_error(e: Exception) -> int:
     print(f"error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -308,8 +310,9 @@ def _cmd_dpo(args: argparse.Namespace) -> int:
         overrides["loss_type"] = "ipo"
     try:
         _check_positive(steps=args.steps, beta=args.beta, lr=args.lr)
-        out = run_dpo_stage(args.preset, dpo_defaults(args.preset, **overrides), out_dir=args.out,
-                            progress=not args.quiet)
+        out = run_dpo_stage(
+            args.preset, dpo_defaults(args.preset, **overrides), out_dir=args.out, progress=not args.quiet
+        )
     except (PresetUnavailableError, FileNotFoundError, ValueError) as e:
         return _beyond_ppo_error(e)
     _report_beyond_ppo("IPO" if args.ipo else "DPO", out.metrics, args.out)
@@ -324,7 +327,11 @@ def _cmd_online(args: argparse.Namespace) -> int:
     overrides = {
         k: v
         for k, v in {
-            "steps": args.steps, "seed": args.seed, "beta": args.beta, "k": args.k, "learning_rate": args.lr,
+            "steps": args.steps,
+            "seed": args.seed,
+            "beta": args.beta,
+            "k": args.k,
+            "learning_rate": args.lr,
         }.items()
         if v is not None
     }
@@ -382,7 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reward", help="train a Bradley-Terry reward model (notebook 03's code)")
     p.add_argument("--train", help="preference file (JSON/JSONL/CSV/seed format/saved dataset); default: course split")
     p.add_argument("--eval", help="held-out preference file; default: course validation split")
-    p.add_argument("--backbone", default="tiny", help="tiny | flan-t5-* | minilm | any model name/path")
+    p.add_argument(
+        "--backbone",
+        help="tiny | flan-t5-* | minilm | any model name/path (default: the preset on the course data; on your own "
+        "data 'minilm', a frozen encoder with a feature head: see README, The course on your data)",
+    )
     p.add_argument("--out", default="artifacts/reward_cli", help="folder for metrics.json and the model")
     p.add_argument("--epochs", type=float)
     p.add_argument("--lr", type=float)

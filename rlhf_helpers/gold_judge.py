@@ -34,88 +34,34 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rlhf_helpers import feature_reward
 from rlhf_helpers.config import artifacts_dir, course_seed
+from rlhf_helpers.feature_reward import FeatureRewardModel, train_feature_reward_model
 from rlhf_helpers.io_utils import atomic_write_json, read_json
 from rlhf_helpers.judger import Comparison, Judge, JudgeConfig, agreement_report, position_consistency, sigmoid
 
 #: Bump when the features or the fit change, so cached gold models are not reused.
 GOLD_VERSION = 2
 #: Heads in the ensemble (bootstrap resamples of the gold prompts).
-N_MODELS = 5
+N_MODELS = feature_reward.N_MODELS
 #: Inverse L2 strength of the logistic regression (sklearn's ``C``) on standardised features: two features,
 #: so a weak penalty (only there to keep the fit finite when one feature separates the pairs perfectly).
 L2_C = 1.0
 CRITERION = "gold_reward_model"
-_WORDS = re.compile(r"\w+")
 
 
 def features(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     """The (n x 2) feature matrix of (prompt, reply) pairs: MiniLM cosine and log word count (module docstring)."""
-    from rlhf_helpers.embeddings import encode
-
-    prompts, responses = list(prompts), list(responses)
-    if len(prompts) != len(responses):
-        raise ValueError(f"need one prompt per response, got {len(prompts)} prompts and {len(responses)} responses")
-    cos = (encode(prompts) * encode(responses)).sum(axis=1)
-    length = np.log1p([len(_WORDS.findall(r)) for r in responses])
-    return np.stack([cos, length], axis=1).astype(np.float64)
+    return feature_reward.features(prompts, responses, "cos_length")
 
 
-@dataclass
-class GoldRewardModel:
-    """An ensemble of linear Bradley-Terry heads on MiniLM features; ``score`` returns raw rewards."""
-
-    mean: np.ndarray  # feature standardisation
-    std: np.ndarray
-    weights: np.ndarray  # (N_MODELS, n_features)
-    scale: float  # spread (std) of the ensemble reward on the training replies
-    digest: str  # what it was trained on (data, seed, version)
-    n_train: int
-
-    def rewards(self, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
-        """Every head's reward, (N_MODELS x n): their spread says how sure the ensemble is."""
-        x = (features(prompts, responses) - self.mean) / self.std
-        return self.weights @ x.T
-
-    def score(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
-        """The ensemble's mean reward per (prompt, reply): the interface of the reward models."""
-        if not len(responses):
-            return []
-        return self.rewards(prompts, responses).mean(axis=0).tolist()
-
-    def to_json(self) -> dict:
-        return {
-            "version": GOLD_VERSION,
-            "mean": self.mean.tolist(),
-            "std": self.std.tolist(),
-            "weights": self.weights.tolist(),
-            "scale": self.scale,
-            "digest": self.digest,
-            "n_train": self.n_train,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict) -> GoldRewardModel:
-        return cls(
-            np.asarray(d["mean"]), np.asarray(d["std"]), np.asarray(d["weights"]), d["scale"], d["digest"], d["n_train"]
-        )
-
-
-def _fit_head(diff: np.ndarray, seed: int) -> np.ndarray:
-    from sklearn.linear_model import LogisticRegression
-
-    x = np.vstack([diff, -diff])  # symmetrised: P(c > r) = sigma(w.d) and P(r > c) = sigma(-w.d)
-    y = np.r_[np.ones(len(diff)), np.zeros(len(diff))]
-    model = LogisticRegression(C=L2_C, fit_intercept=False, max_iter=2000, random_state=seed)
-    model.fit(x, y)
-    return model.coef_[0]
+#: The gold model is a :class:`rlhf_helpers.feature_reward.FeatureRewardModel` on the two features, C = L2_C.
+GoldRewardModel = FeatureRewardModel
 
 
 def train_gold_model(
@@ -123,25 +69,11 @@ def train_gold_model(
 ) -> GoldRewardModel:
     """Fit the ensemble on (prompt, chosen, rejected) pairs; each head on a bootstrap resample of the prompts
     (pairs about one prompt stay together, so a head never sees half of an article's pairs)."""
-    prompts, chosen, rejected = list(prompts), list(chosen), list(rejected)
-    if not prompts:
+    if not list(prompts):
         raise ValueError("the gold judge needs preference pairs to train on")
-    x_c, x_r = features(prompts, chosen), features(prompts, rejected)
-    both = np.vstack([x_c, x_r])
-    mean, std = both.mean(axis=0), both.std(axis=0) + 1e-6
-    diff = (x_c - mean) / std - (x_r - mean) / std
-    rng = np.random.default_rng(seed)
-    groups = sorted(set(prompts))
-    index = {p: [i for i, q in enumerate(prompts) if q == p] for p in groups}
-    heads = []
-    for k in range(N_MODELS):
-        picks = rng.choice(len(groups), len(groups), replace=True) if k else np.arange(len(groups))
-        rows = [i for g in picks for i in index[groups[g]]]
-        heads.append(_fit_head(diff[rows], seed + k))
-    weights = np.stack(heads)
-    train_rewards = (weights @ ((both - mean) / std).T).mean(axis=0)
-    scale = float(train_rewards.std()) or 1.0
-    return GoldRewardModel(mean, std, weights, scale, digest, len(prompts))
+    return train_feature_reward_model(
+        prompts, chosen, rejected, seed=seed, digest=digest, feature_set="cos_length", l2_c=L2_C, n_models=N_MODELS
+    )
 
 
 def gold_dir() -> Path:

