@@ -855,6 +855,7 @@ def proxy_reward_model(policies: Policies, pairs: int, progress: bool = True):
     "digest", "folder"}``."""
     from rlhf_helpers.data_prep import SPLIT_FILES, ensure_splits, load_split
     from rlhf_helpers.reward import (
+        default_reward_backbone,
         evaluate_reward_model,
         load_reward_model,
         reward_defaults,
@@ -862,7 +863,9 @@ def proxy_reward_model(policies: Policies, pairs: int, progress: bool = True):
         train_reward_model,
     )
 
-    cfg = reward_defaults(policies.preset, max_train_pairs=pairs)
+    # the recipe of notebook 03 for this data folder: the preset's model on the course data, the frozen MiniLM head
+    # on yours (the course data's cache key is unchanged)
+    cfg = reward_defaults(default_reward_backbone(policies.preset), max_train_pairs=pairs)
     train_ds, eval_ds = load_split("pref_train"), load_split("pref_val")
     data = [_file_digest(ensure_splits() / SPLIT_FILES[name]) for name in ("pref_train", "pref_val")]
     key = _digest(CACHE_VERSION, asdict(cfg), policies.digests["base"], data)

@@ -6,10 +6,13 @@ What does every preference data set offer? Human labels. So on custom data the g
 them, in the set-up of Gao et al. (2022, *Scaling laws for reward model overoptimization*): the
 preference prompts are split in two (:func:`rlhf_helpers.data_prep.prepare_splits`, by prompt, so no
 article sits on both sides); the proxy reward model that PPO optimises trains on one half
-(``pref_train``), the gold model on the other (``pref_gold``). The gold judge is also a different model
-family: a Bradley-Terry head on frozen all-MiniLM-L6-v2 sentence embeddings (pretrained on a billion
-sentence pairs), not the 1.5M-parameter T5 the proxy fine-tunes, so the two do not share the proxy's
-blind spots by construction. It is an ensemble of :data:`N_MODELS` heads, each fitted on a bootstrap
+(``pref_train``), the gold model on the other (``pref_gold``). The gold judge is a Bradley-Terry head on
+frozen all-MiniLM-L6-v2 sentence embeddings (pretrained on a billion sentence pairs;
+:mod:`rlhf_helpers.feature_reward`). On custom data the proxy is one too (:func:`rlhf_helpers.reward.
+default_reward_backbone`: a fine-tuned network learnt less than "longer wins" from a few hundred noisy labels), so
+proxy and gold share the encoder and differ in their labels (as in Gao et al., whose gold and proxy are reward
+models of one family): the gold verdict says whether the proxy's gains hold for labels it never saw, not for a
+judge with other blind spots. It is an ensemble of :data:`N_MODELS` heads, each fitted on a bootstrap
 resample of the gold prompts (Coste et al. 2023: ensembles are harder to over-optimise), and it is
 measured against the human labels it never saw (the proxy's half and the validation pairs): agreement,
 Cohen's kappa, both A/B orders (:func:`gold_judge_report`).

@@ -295,7 +295,10 @@ def load_seq2seq(name: str | None = None):
 
 def describe(name: str | None = None) -> str:
     """One line for notebooks: which preset, which device."""
-    from rlhf_helpers.config import device_name
+    from rlhf_helpers.config import device_name, on_course_data
 
     preset = get_preset(name)
-    return f"preset: {preset.name} ({preset.description}) | device: {device_name()}"
+    description = preset.description
+    if preset.hub_name is None and not on_course_data():  # a tiny base is built from the corpus it trains on
+        description = description.replace("on the course data", "on your data (sft and preference texts)")
+    return f"preset: {preset.name} ({description}) | device: {device_name()}"
