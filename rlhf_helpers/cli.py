@@ -131,6 +131,13 @@ def _cmd_reward(args: argparse.Namespace) -> int:
         overrides["frozen_backbone"] = False  # a pretrained encoder is fine-tuned, not frozen
     try:
         cfg = reward_defaults(args.backbone or default_reward_backbone(), **overrides)
+        ignored = [flag for flag, value in (("--epochs", args.epochs), ("--lr", args.lr)) if value is not None]
+        if cfg.frozen_backbone and ignored and is_main_process():
+            print(
+                f"note: {cfg.backbone} is frozen (only a Bradley-Terry head on its features is fitted, in seconds): "
+                f"{' and '.join(ignored)} do not apply; --full-finetune trains the encoder",
+                file=sys.stderr,
+            )
         if cfg.max_train_pairs and is_main_process():
             print(
                 f"note: training on at most {cfg.max_train_pairs} pairs (subsampled with seed {cfg.seed}; "
@@ -400,7 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-pairs", type=int, help="subsample the training pairs (0 = all)")
     p.add_argument("--max-length", type=int, help="token budget per (prompt, response); longer inputs are truncated")
     p.add_argument("--margin", type=float, help="fixed margin in the Bradley-Terry loss")
-    p.add_argument("--full-finetune", action="store_true", help="train all weights instead of LoRA")
+    p.add_argument(
+        "--full-finetune",
+        action="store_true",
+        help="train all weights instead of LoRA; a pretrained encoder (minilm) is fine-tuned instead of frozen",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_reward)
 

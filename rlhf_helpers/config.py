@@ -106,9 +106,11 @@ def on_course_data() -> bool:
     Why ask? Some results hold only on the course data: its labels come from a known rubric, so the
     rubric judge must agree with them, and the reward model's 0.90 target was measured there. The
     notebooks assert those only when this is true; on other data they check what must hold
-    everywhere (the reward model beats the length baseline, PPO raises the reward at bounded KL).
-    Compared by resolved path: a copy of the course data elsewhere counts as custom data, which only
-    skips course-only checks (never a wrong assertion)."""
+    everywhere (the reward model beats the length baseline, PPO's KL stays bounded) and report the rest
+    (whether PPO raised the reward). Custom data also changes recipes: the tiny base is built from its corpus
+    and the reward model is the frozen MiniLM head (``reward.default_reward_backbone``).
+    Compared by resolved path: a copy of the course data elsewhere counts as custom data (course-only checks
+    skipped, the custom recipes used; never a wrong assertion)."""
     try:
         return data_dir().resolve() == COURSE_DATA_DIR.resolve()
     except OSError:

@@ -864,7 +864,7 @@ def proxy_reward_model(policies: Policies, pairs: int, progress: bool = True):
     )
 
     # the recipe of notebook 03 for this data folder: the preset's model on the course data, the frozen MiniLM head
-    # on yours (the course data's cache key is unchanged)
+    # on yours (the config is part of the cache key: a proxy cached before frozen_backbone existed is retrained once)
     cfg = reward_defaults(default_reward_backbone(policies.preset), max_train_pairs=pairs)
     train_ds, eval_ds = load_split("pref_train"), load_split("pref_val")
     data = [_file_digest(ensure_splits() / SPLIT_FILES[name]) for name in ("pref_train", "pref_val")]

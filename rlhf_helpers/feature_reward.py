@@ -105,6 +105,7 @@ class FeatureRewardModel:
         return self.rewards(prompts, responses).mean(axis=0).tolist()
 
     def to_json(self) -> dict:
+        """Everything needed to score again, as plain JSON types (the model is a few hundred numbers)."""
         return {
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
@@ -120,6 +121,8 @@ class FeatureRewardModel:
 
     @classmethod
     def from_json(cls, d: dict) -> FeatureRewardModel:
+        """The inverse of :meth:`to_json`; files of the gold judge written before the feature sets existed load as
+        the two-feature head they are."""
         return cls(
             np.asarray(d["mean"]),
             np.asarray(d["std"]),
@@ -135,8 +138,9 @@ class FeatureRewardModel:
 
 
 def fit_bradley_terry(diff: np.ndarray, l2_c: float, seed: int = 0) -> np.ndarray:
-    """Weights w maximising sum log sigmoid(w . d) - ||w||^2 / (2C) over the rows d of ``diff`` (chosen minus
-    rejected features): logistic regression without intercept on the symmetrised rows (d -> 1, -d -> 0)."""
+    """Weights w maximising sum_d log sigmoid(w . d) - ||w||^2 / (4C) over the rows d of ``diff`` (chosen minus
+    rejected features): sklearn's logistic regression without intercept on the symmetrised rows (d -> 1, -d -> 0),
+    which minimises ||w||^2 / 2 + C * sum over both copies of the log-loss, i.e. each pair's loss counted twice."""
     from sklearn.linear_model import LogisticRegression
 
     x = np.vstack([diff, -diff])
@@ -146,7 +150,9 @@ def fit_bradley_terry(diff: np.ndarray, l2_c: float, seed: int = 0) -> np.ndarra
     return model.coef_[0]
 
 
-def _standardised_diff(x_c: np.ndarray, x_r: np.ndarray, rows: np.ndarray):
+def _standardised_diff(x_c: np.ndarray, x_r: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """chosen - rejected features standardised with the mean and std of ``rows`` only (the training rows of a fold:
+    statistics of held-out rows would leak into the fit), and that mean and std."""
     both = np.vstack([x_c[rows], x_r[rows]])
     mean, std = both.mean(axis=0), both.std(axis=0) + 1e-6
     return (x_c - mean) / std - (x_r - mean) / std, mean, std
@@ -172,12 +178,14 @@ def select_head(
     """Grouped k-fold cross-validation of every (feature set, C) candidate on the training pairs.
 
     Returns one row per candidate, in the order given (simplest first): held-out ``log_likelihood`` (mean log
-    P(chosen wins) over the folds' pairs), its standard error ``log_likelihood_se`` (over prompts: pairs about
-    one prompt are not independent) and ``accuracy``, and ``chosen`` True on the winner: the first candidate
-    whose log-likelihood is within one standard error of the best's. Folds split the prompts, never a
-    prompt's pairs."""
+    P(chosen wins) over the folds' pairs), its cluster-robust standard error ``log_likelihood_se`` (clustered by
+    prompt: pairs about one prompt are not independent) and ``accuracy``, and ``chosen`` True on the winner: the
+    first candidate whose log-likelihood is within one standard error of the best's. Folds split the prompts,
+    never a prompt's pairs."""
     prompts, chosen, rejected = list(prompts), list(chosen), list(rejected)
     groups, index = _prompt_groups(prompts)
+    if len(groups) < 2:
+        raise ValueError(f"cross-validation needs pairs about at least 2 prompts, got {len(groups)}")
     order = np.random.default_rng(seed).permutation(len(groups))
     k = min(folds, len(groups))
     fold_of = {groups[g]: j % k for j, g in enumerate(order)}
@@ -198,13 +206,13 @@ def select_head(
             margin = diff[test] @ w
             pair_loglik[test] = -np.logaddexp(0.0, -margin)
             pair_hit[test] = margin > 0
-        per_prompt = np.array([pair_loglik[index[g]].mean() for g in groups])
+        mean = float(pair_loglik.mean())
         rows.append(
             {
                 "feature_set": feature_set,
                 "l2_c": l2_c,
-                "log_likelihood": float(pair_loglik.mean()),
-                "log_likelihood_se": float(per_prompt.std(ddof=1) / np.sqrt(len(groups))),
+                "log_likelihood": mean,
+                "log_likelihood_se": clustered_standard_error(pair_loglik, [index[g] for g in groups]),
                 "accuracy": float(pair_hit.mean()),
                 "n": len(prompts),
             }
@@ -216,6 +224,16 @@ def select_head(
     for i, row in enumerate(rows):
         row["chosen"] = i == pick
     return rows
+
+
+def clustered_standard_error(values: np.ndarray, clusters: Sequence[Sequence[int]]) -> float:
+    """Standard error of ``values.mean()`` when the rows of one cluster are not independent (cluster-robust, with
+    the small-sample factor G / (G - 1)): sqrt(G / (G - 1) * sum_g (S_g - n_g * m)^2) / N, where S_g is the sum
+    of cluster g's values, n_g its size, m the overall mean and N the number of values."""
+    values = np.asarray(values, dtype=float)
+    m, g = values.mean(), len(clusters)
+    deviations = np.array([values[list(c)].sum() - len(c) * m for c in clusters])
+    return float(np.sqrt(g / (g - 1) * (deviations**2).sum()) / len(values))
 
 
 def train_feature_reward_model(

@@ -66,6 +66,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -75,6 +76,11 @@ from rlhf_helpers.course_data import CRITERIA
 from rlhf_helpers.distributed import is_main_process, main_process_first, num_processes, on_main_process
 from rlhf_helpers.io_utils import atomic_write_dir
 from rlhf_helpers.presets import PRESETS, get_preset, model_path
+
+if TYPE_CHECKING:
+    import torch
+
+    from rlhf_helpers.feature_reward import FeatureRewardModel
 
 #: The classification head's module name per backbone family: with LoRA it must be trained and
 #: saved in full (``modules_to_save``), else peft leaves it random and drops it from the checkpoint.
@@ -542,16 +548,18 @@ class FrozenEncoderRewardModel:
     model = None
     tokenizer = None
 
-    def __init__(self, head, cfg: RewardConfig):
+    def __init__(self, head: FeatureRewardModel, cfg: RewardConfig):
         self.head, self.cfg = head, cfg
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
+        """Where the scores are computed: the head is numpy on the CPU (the encoder picks its own device)."""
         import torch
 
         return torch.device("cpu")
 
     def score(self, prompts: list[str], responses: list[str], batch_size: int = 64) -> list[float]:
+        """One reward per (prompt, response), as :meth:`RewardModel.score` (the encoder batches by itself)."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         return self.head.score(list(prompts), list(responses))
@@ -787,7 +795,10 @@ def evaluate_reward_model(rm: RewardModel, ds, seed: int = 0, n_bins: int = 10) 
         "reward_chosen_mean": float(r_c.mean()),
         "reward_rejected_mean": float(r_r.mean()),
     }
-    metrics.update(learning_check(metrics["accuracy"], metrics["accuracy_ci"], metrics["length_baseline_accuracy"]))
+    frozen = bool(getattr(getattr(rm, "cfg", None), "frozen_backbone", False))
+    metrics.update(
+        learning_check(metrics["accuracy"], metrics["accuracy_ci"], metrics["length_baseline_accuracy"], frozen=frozen)
+    )
     if "decided_by" in ds.column_names:
         for c in CRITERIA:
             sel = np.array([c in d.split(",") for d in ds["decided_by"]])
@@ -798,12 +809,16 @@ def evaluate_reward_model(rm: RewardModel, ds, seed: int = 0, n_bins: int = 10) 
     return metrics
 
 
-def learning_check(accuracy: float, accuracy_ci: list[float] | tuple[float, float], length_baseline: float) -> dict:
+def learning_check(
+    accuracy: float, accuracy_ci: list[float] | tuple[float, float], length_baseline: float, frozen: bool = False
+) -> dict:
     """Did the reward model learn anything a trivial rule would not? Two questions, each answered by the
     95% bootstrap interval of held-out accuracy (``accuracy_ci``, from :func:`evaluate_reward_model`):
     is its lower end above chance (0.5), and above the accuracy of "the longer response wins"?
 
-    Returns ``beats_chance``, ``beats_length_baseline`` and ``learnt_nothing_warning``: ``None`` when both
+    ``frozen``: the model is a frozen encoder's head (``frozen_backbone``), whose advice differs (it has no
+    training loss or rate to tune). Returns ``beats_chance``, ``beats_length_baseline`` and
+    ``learnt_nothing_warning``: ``None`` when both
     hold, else a sentence saying which failed and what to try. Why: a pretrained encoder under a bad
     recipe trains to loss log 2 = 0.693 with margins ~1e-4 and scores ~0.5, and nothing else says so;
     and on human summary labels the longer summary wins 66% of the time, so an RM that does not beat
@@ -822,7 +837,12 @@ def learning_check(accuracy: float, accuracy_ci: list[float] | tuple[float, floa
             f"held-out accuracy {accuracy:.3f} (95% interval [{low:.3f}, {float(accuracy_ci[1]):.3f}]) is not "
             f"clearly above {' nor '.join(failed)}"
         )
-        if not beats_chance:
+        if not beats_chance and frozen:
+            warning += (
+                ": the frozen encoder's head found nothing usable in these features (more pairs, check the labels; "
+                "with thousands of pairs try fine-tuning, frozen_backbone=False)"
+            )
+        elif not beats_chance:
             warning += (
                 ": the reward model learnt nothing usable on held-out pairs (training loss still ~0.693 = log 2: it did"
                 " not train, raise the rate; loss well below: it memorised its pairs, get more or train fewer epochs)"
@@ -889,7 +909,7 @@ def run_reward_stage(
     from rlhf_helpers.data_prep import load_split
     from rlhf_helpers.report import record_metrics
 
-    cfg = cfg or reward_defaults()
+    cfg = cfg or reward_defaults(default_reward_backbone())
     # Under `accelerate launch` (see rlhf_helpers.distributed) every process trains, but the main process
     # alone writes the data splits and builds the tiny base (first), evaluates, saves and records (once).
     with main_process_first():

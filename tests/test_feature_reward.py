@@ -25,6 +25,36 @@ def test_bradley_terry_fit_solves_the_penalised_likelihood_by_hand():
     assert feature_reward.fit_bradley_terry(np.array([[-1.0]]), l2_c=1.0)[0] == pytest.approx(-w, abs=1e-6)
 
 
+def test_clustered_standard_error_by_hand():
+    """Two clusters of two: m = 2.5, S - n m = -2 and +2, so sqrt(2 / 1 * 8) / 4 = 1; one row per cluster gives the
+    usual standard error of a mean, std(ddof=1) / sqrt(n)."""
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    assert feature_reward.clustered_standard_error(values, [[0, 1], [2, 3]]) == pytest.approx(1.0)
+    singles = feature_reward.clustered_standard_error(values, [[0], [1], [2], [3]])
+    assert singles == pytest.approx(values.std(ddof=1) / 2)
+    with pytest.raises(ValueError, match="at least 2 prompts"):
+        feature_reward.select_head(["p"] * 3, ["a b"] * 3, ["a"] * 3)
+
+
+def test_gold_judge_is_the_two_feature_head_fitted_on_every_gold_prompt(monkeypatch):
+    """The gold judge reuses this module: its first head is the penalised Bradley-Terry fit (C = gold_judge.L2_C)
+    of the standardised two-feature differences of every pair, as before the refactor."""
+    from rlhf_helpers import gold_judge
+
+    prompts, chosen, rejected = _length_pairs(8)
+
+    def features(prompts, responses, feature_set="cos_length", encoder=None):
+        return np.array([[float(r.split()[0].split("=")[1]), np.log1p(len(r.split()))] for r in responses])
+
+    monkeypatch.setattr(feature_reward, "features", features)
+    model = gold_judge.train_gold_model(prompts, chosen, rejected, seed=3)
+    x_c, x_r = features(prompts, chosen), features(prompts, rejected)
+    both = np.vstack([x_c, x_r])
+    diff = (x_c - both.mean(axis=0)) / (both.std(axis=0) + 1e-6) - (x_r - both.mean(axis=0)) / (both.std(axis=0) + 1e-6)
+    assert np.allclose(model.weights[0], feature_reward.fit_bradley_terry(diff, gold_judge.L2_C), atol=1e-8)
+    assert model.weights.shape == (gold_judge.N_MODELS, 2) and model.feature_set == "cos_length" and model.l2_c == 1.0
+
+
 @pytest.fixture
 def fake_features(monkeypatch):
     """features() without MiniLM: [cos, log length] from the text ("cos=0.3 ..."), plus 384 noise columns for the
@@ -57,8 +87,8 @@ def test_selection_picks_the_simplest_candidate_within_one_standard_error(fake_f
     rows = feature_reward.select_head(prompts, chosen, rejected)
     assert [(r["feature_set"], r["l2_c"]) for r in rows] == list(feature_reward.CANDIDATES)
     assert sum(r["chosen"] for r in rows) == 1 and rows[0]["chosen"], rows  # length explains it: two features win
-    best = max(r["log_likelihood"] for r in rows)
-    assert rows[0]["log_likelihood"] >= best - max(r["log_likelihood_se"] for r in rows)
+    best = max(rows, key=lambda r: r["log_likelihood"])
+    assert rows[0]["log_likelihood"] >= best["log_likelihood"] - best["log_likelihood_se"]
     assert rows[0]["accuracy"] > 0.9 and all(r["n"] == len(prompts) for r in rows)
 
 
