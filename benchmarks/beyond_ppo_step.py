@@ -408,12 +408,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.worker:
-        import torch
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        result = {"prep": worker_prep, "ours": worker_ours, "trl": worker_trl}[args.worker](args)
-        Path(args.result).write_text(json.dumps(result, indent=2))
+        ps.serve_worker(args, {"prep": worker_prep, "ours": worker_ours, "trl": worker_trl})
         return
 
     import hashlib

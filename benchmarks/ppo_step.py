@@ -582,6 +582,16 @@ def spawn(python: Path | str, worker: str, shape: str, shape_dir: Path, logdir: 
     return run_worker(cmd, extra, logdir / f"{tag}.log", result, tail_chars=3000)
 
 
+def serve_worker(args: argparse.Namespace, workers: dict) -> None:
+    """The worker side of :func:`run_worker`: set the torch thread count (``--threads``), run the worker named by
+    ``--worker`` and write the JSON it returns to ``--result``. Shared with ``beyond_ppo_step.py``."""
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    Path(args.result).write_text(json.dumps(workers[args.worker](args), indent=2))
+
+
 def run_worker(cmd: list[str], extra: dict, log_path: Path, result: Path, tail_chars: int, **env_extra: str) -> dict:
     """Run one benchmark worker in a fresh process (``extra`` becomes ``--key value`` flags; ``threads`` also sets the
     thread count), its output in ``log_path``; return the JSON it wrote to ``result`` with the wall time added. Shared
@@ -675,12 +685,7 @@ def main() -> None:
     args = ap.parse_args()
 
     if args.worker:
-        if args.threads:
-            import torch
-
-            torch.set_num_threads(args.threads)
-        result = {"prep": worker_prep, "ours": worker_ours, "trl": worker_trl}[args.worker](args)
-        Path(args.result).write_text(json.dumps(result, indent=2))
+        serve_worker(args, {"prep": worker_prep, "ours": worker_ours, "trl": worker_trl})
         return
 
     shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
