@@ -23,8 +23,8 @@ What differs: the prompts of a step are ``batch_size / k`` distinct prompts, eac
 (PPO's is still built and evaluated by ``rollout``, but it is in no loss and no optimizer); scores are not normalised
 by default (GRPO's std does that per group; RLOO's beta acts on the raw reward-model scale, as in trl). As in PPO,
 each mini-batch of ``mini_batch_size`` replies is one optimizer step and the batch is reused for ``ppo_epochs``
-passes (trl's ``num_iterations``): with one pass and one mini-batch the ratio is exactly 1 and the losses are plain
-REINFORCE with the group baseline.
+passes (trl's ``num_iterations``): with one pass and one mini-batch the ratio is 1 (to float rounding) and the
+losses are plain REINFORCE with the group baseline.
 """
 
 from __future__ import annotations

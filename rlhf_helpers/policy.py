@@ -15,6 +15,9 @@ same for every model and lives in ``ppo_math.py``.
   column P - 1 + t, so the forward pass feeds prompt + reply[:-1] and computes the language-model head
   on the last T columns only (``logits_to_keep``). Replies end at their first EOS: the masks come from
   that length, never from ``ids != pad`` (pad is often EOS itself). There is no encoder to reuse.
+
+Both also decode one token at a time with a key/value cache (``start_decoding`` / ``continue_decoding``): the
+two architecture-specific halves of the rollout's sampling loop in :mod:`rlhf_helpers.sampling`.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from rlhf_helpers.sampling import sample_replies
+
+#: what one decoding step returns: (logits (B, V), last hidden state (B, H) or None, the cache and what else the
+#: next step needs)
+Decoded = tuple[torch.Tensor, "torch.Tensor | None", dict]
 
 
 def is_encoder_decoder(model) -> bool:
@@ -86,13 +95,12 @@ class Seq2SeqPolicy:
     def encode(self, prompts: list[str], device) -> PromptBatch:
         return self.run_encoder(self.tokenize(prompts, device))
 
-    def generate(self, batch: PromptBatch, **kwargs) -> torch.Tensor:
-        """Sampled or greedy replies, (B, T), right-padded after EOS; the decoder start token dropped."""
-        # with the encoder's output when ``encode`` computed it (PPO reuses it), else from the prompt ids
-        inputs = {"input_ids": batch.input_ids} if batch.encoder_out is None else {"encoder_outputs": batch.encoder_out}
-        with torch.no_grad():
-            gen = self.model.generate(**inputs, attention_mask=batch.attention_mask, **kwargs)
-        return gen[:, 1:]
+    def generate(self, batch: PromptBatch, **settings) -> torch.Tensor:
+        """Sampled or greedy replies, (B, T), right-padded after EOS, without the decoder start token: our sampling
+        loop (``sampling.sample_replies``, ``generate``'s tokens at the same seed), on the encoder's output when
+        ``encode`` computed it (PPO reuses it). ``settings``: max_new_tokens, min_new_tokens, do_sample,
+        temperature, top_k, top_p."""
+        return sample_replies(self, batch, **settings).tokens
 
     def forward(self, batch: PromptBatch, responses: torch.Tensor, temperature: float = 1.0, encoder_grad=False):
         """(logits / T, last decoder hidden state) at every reply position, teacher-forced: the decoder input
@@ -111,6 +119,32 @@ class Seq2SeqPolicy:
         )
         logits = out.logits if temperature == 1.0 else out.logits / temperature
         return logits, out.decoder_hidden_states[-1]
+
+    # ---- incremental decoding (the sampling loop of rlhf_helpers.sampling)
+    def start_decoding(self, batch: PromptBatch, hidden: bool = False) -> Decoded:
+        """(logits, last hidden state or None, state) for reply token 0: the decoder reads its start token. The
+        encoder runs here only if ``encode`` did not (its output, and with it the cross-attention keys and values
+        the cache computes once, serve every decoding step)."""
+        if batch.encoder_out is None:
+            batch = self.run_encoder(batch)
+        start = self.model.config.decoder_start_token_id
+        first = torch.full_like(batch.input_ids[:, :1], start)
+        state = {"batch": batch, "cache": None}
+        return self.continue_decoding(first[:, 0], state, hidden)
+
+    def continue_decoding(self, tokens: torch.Tensor, state: dict, hidden: bool = False) -> Decoded:
+        """Feed one token per row, (B,); (logits, hidden or None, state) for the next reply position."""
+        batch = state["batch"]
+        out = self.model(
+            encoder_outputs=batch.encoder_out,
+            attention_mask=batch.attention_mask,
+            decoder_input_ids=tokens[:, None],
+            cache=state["cache"],
+            use_cache=True,
+            output_hidden_states=hidden,
+        )
+        state["cache"] = out.cache
+        return out.logits[:, -1], (out.decoder_hidden_states[-1][:, -1] if hidden else None), state
 
 
 def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -154,13 +188,11 @@ class CausalPolicy:
     def encode(self, prompts: list[str], device) -> PromptBatch:
         return self.tokenize(prompts, device)
 
-    def generate(self, batch: PromptBatch, **kwargs) -> torch.Tensor:
-        """Replies only, (B, T): the prompt columns cut off. After a row's EOS, generate pads with
-        ``pad_token_id`` (which may be EOS itself: the masks use the first EOS, see ``response_mask``)."""
-        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
-        with torch.no_grad():
-            gen = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **kwargs)
-        return gen[:, batch.input_ids.shape[1] :]
+    def generate(self, batch: PromptBatch, **settings) -> torch.Tensor:
+        """Replies only, (B, T): our sampling loop (``sampling.sample_replies``, ``generate``'s tokens at the same
+        seed). After a row's EOS it pads with the tokenizer's pad id (which may be EOS itself: the masks use the
+        first EOS, see ``response_mask``). ``settings`` as for :meth:`Seq2SeqPolicy.generate`."""
+        return sample_replies(self, batch, pad_token_id=self.tokenizer.pad_token_id, **settings).tokens
 
     def forward(self, batch: PromptBatch, responses: torch.Tensor, temperature: float = 1.0, encoder_grad=False):
         """(logits / T, last hidden state) at the T columns that predict the reply: prompt + reply[:-1] goes in, and
@@ -178,6 +210,35 @@ class CausalPolicy:
         )
         logits = out.logits if temperature == 1.0 else out.logits / temperature
         return logits, out.hidden_states[-1][:, -T:]
+
+    # ---- incremental decoding (the sampling loop of rlhf_helpers.sampling)
+    def start_decoding(self, batch: PromptBatch, hidden: bool = False) -> Decoded:
+        """(logits, last hidden state or None, state) for reply token 0: the whole left-padded prompt goes in once
+        (the head only on its last column), and the key/value cache keeps it for the steps after."""
+        positions = left_padded_positions(batch.attention_mask)
+        state = {"mask": batch.attention_mask, "position": positions[:, -1], "cache": None}
+        return self._decode(batch.input_ids, positions, state, hidden)
+
+    def continue_decoding(self, tokens: torch.Tensor, state: dict, hidden: bool = False) -> Decoded:
+        """Feed one token per row, (B,): it sits one position after the row's last real token (a left-padded row
+        counts its real tokens only), and every row attends to it (also rows already past their EOS, as in
+        ``generate``: what they produce is padding that no mask counts)."""
+        state["mask"] = torch.cat([state["mask"], torch.ones_like(state["mask"][:, :1])], dim=1)
+        state["position"] = state["position"] + 1
+        return self._decode(tokens[:, None], state["position"][:, None], state, hidden)
+
+    def _decode(self, ids: torch.Tensor, positions: torch.Tensor, state: dict, hidden: bool) -> Decoded:
+        out = self.model(
+            input_ids=ids,
+            attention_mask=state["mask"],
+            position_ids=positions,
+            cache=state["cache"],
+            use_cache=True,
+            logits_to_keep=1,
+            output_hidden_states=hidden,
+        )
+        state["cache"] = out.cache
+        return out.logits[:, -1], (out.hidden_states[-1][:, -1] if hidden else None), state
 
 
 def policy_for(model, tokenizer, max_source_length: int = 512):

@@ -21,12 +21,18 @@ Design decisions (each fixes a known pain of trl 0.11.4's seq2seq PPO):
   those of softmax(z / T), as in lm-human-preference-details and OpenRLHF (OpenRLHF #853, trl #3169).
 * KL to the SFT policy is always measured and logged, also when its penalty beta is 0.
 * Dropout off: rollouts, log-prob passes and updates run in eval mode (set by the trainer, whatever
-  mode the model was loaded in), so the ratio is exactly 1 before the first update.
-* Speed: the encoder's LoRA is frozen by default, so the encoder runs once per batch and its
-  output is reused by generation, the old/reference passes and every PPO epoch (with
-  ``train_encoder=True`` the reference gets its own, SFT, encoder output); log-probs are
-  z_y - logsumexp(z), never a full log-softmax, with a one-buffer backward (``gather_logprobs``), reply
-  by reply in the no-grad passes (``logprobs_and_entropy``).
+  mode the model was loaded in), so the ratio is 1 before the first update (to float rounding: the rollout's
+  log-probs come from the KV-cached sampling loop, the update's from a teacher-forced pass; they differ by
+  ~1e-6, and so does the KL to the SFT adapter at step 0).
+* Speed: the rollout is our own KV-cached sampling loop (``sampling.py``): it samples ``generate``'s tokens and
+  returns with them each token's tempered log-prob, the entropy and the value, so no second pass over the
+  replies is needed for them; only the reference (the SFT adapter) runs one batched teacher-forced pass. The
+  encoder's LoRA is frozen by default, so the encoder runs once per batch and its output is reused by the
+  sampling loop, the reference pass and every PPO epoch (with ``train_encoder=True`` the reference gets its
+  own, SFT, encoder output). Each mini-batch is cut after its own longest reply (``trimmed_rows``). Log-probs
+  are z_y - logsumexp(z), never a full log-softmax, with a one-buffer backward (``gather_logprobs``), reply by
+  reply in the no-grad reference pass (``logprobs_and_entropy``). Every step logs its time per phase
+  (``seconds_sample``, ``seconds_score``, ``seconds_reference``, ``seconds_update``).
 Only the policy interface (:mod:`rlhf_helpers.policy`) knows the architecture: it encodes prompts, samples
 replies and returns (logits, hidden) at the reply positions, for T5 (encoder output reused) or for a decoder-only
 model (left-padded prompts, logits only where they predict the reply); masks, KL, GAE and losses are shared.
@@ -61,6 +67,7 @@ from rlhf_helpers.ppo_math import (  # the equations, one small tested function 
     policy_clip_fraction,
     response_mask,
 )
+from rlhf_helpers.sampling import sample_replies
 
 
 @dataclass
@@ -132,6 +139,17 @@ class PolicyWithValue(torch.nn.Module):
         return logits, self.value_head(hidden)
 
 
+def trimmed_rows(idx: torch.Tensor, mask: torch.Tensor, *per_token: torch.Tensor) -> list[torch.Tensor]:
+    """``mask`` and each (batch, T) tensor at the rows ``idx``, cut after the longest reply among those rows.
+
+    A mini-batch of short replies then costs its own length, not the batch's longest: the columns cut are masked
+    out of every loss and statistic, and a position's logits depend only on the tokens before it, so the numbers
+    are the same (to float rounding)."""
+    m = mask[idx]
+    width = max(int(m.sum(dim=1).max()), 1)
+    return [m[:, :width]] + [t[idx][:, :width] for t in per_token]
+
+
 # --------------------------------------------------------------------------- the trainer
 
 
@@ -198,46 +216,51 @@ class PPOTrainer:
 
     # ---- one PPO step
     def rollout(self, prompts: list[str]) -> dict:
-        """Sample replies, score them, and compute old log-probs, values, reference log-probs.
+        """Sample replies, score them, and keep their old log-probs, values and reference log-probs.
 
         Changes nothing in the trainer (evaluation calls it too): the score statistics are updated by
-        ``step``. ``scores`` are the reward model's minus the missing-EOS penalty, not yet normalised."""
+        ``step``. ``scores`` are the reward model's minus the missing-EOS penalty, not yet normalised.
+        ``seconds`` holds the time of each phase (sampling, scoring, reference pass)."""
         cfg, tok = self.cfg, self.tokenizer
         self._no_dropout()
+        t0 = time.perf_counter()
         batch = self.policy.encode(prompts, self.device)  # an encoder-decoder's encoder runs here, once
-        with torch.no_grad():
-            responses = self.policy.generate(  # right-padded after EOS (the decoder start token / the prompt cut off)
-                batch,
-                do_sample=True,
-                temperature=cfg.temperature,
-                top_k=cfg.top_k,
-                top_p=cfg.top_p,
-                max_new_tokens=cfg.max_new_tokens,
-                min_new_tokens=cfg.min_new_tokens,
-            )
+        # Our KV-cached sampling loop (rlhf_helpers.sampling): generate's tokens at the same seed, and with them
+        # each token's tempered log-prob log softmax(z / T)[y_t], the entropy and V(s_t): no second pass for them.
+        sample = sample_replies(
+            self.policy,
+            batch,
+            max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=cfg.min_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            logprobs=True,
+            value_head=self.value_head,
+        )
+        responses = sample.tokens  # right-padded after EOS
         mask = response_mask(responses, tok.eos_token_id)  # from the first EOS, never from ids != pad
+        t1 = time.perf_counter()
         replies = tok.batch_decode(responses, skip_special_tokens=True)
         scores = torch.tensor(self.reward_fn(prompts, replies), dtype=torch.float, device=self.device)
         raw_scores = scores.clone()
         has_eos = (responses == tok.eos_token_id).any(dim=1)
         scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
+        t2 = time.perf_counter()
         with torch.no_grad():
-            logits, hidden = self.policy.forward(batch, responses, cfg.temperature)
-            logprobs, entropy = logprobs_and_entropy(logits, responses)  # reply by reply: less memory
-            entropy = masked_mean(entropy, mask)
-            values = self.value_head(hidden)
-            del logits
             # The reference pass runs whatever beta is: the KL to pi_SFT is always measured (the penalty may be 0).
             self._use_adapter("reference")
             # With a trained encoder LoRA the reference is pi_SFT only with its own (SFT) encoder output.
             ref_batch = self.policy.run_encoder(batch) if self.train_encoder else batch
             ref_logits, _ = self.policy.forward(ref_batch, responses, cfg.temperature)
-            ref_logprobs, _ = logprobs_and_entropy(ref_logits, responses, entropy=False)
+            ref_logprobs, _ = logprobs_and_entropy(ref_logits, responses, entropy=False)  # reply by reply: less memory
             self._use_adapter("policy")
             del ref_logits
-        sampled = dict(batch=batch, responses=responses, mask=mask, replies=replies)
-        scored = dict(scores=scores, raw_scores=raw_scores, has_eos=has_eos, entropy=entropy.item())
-        return {**sampled, **scored, "logprobs": logprobs, "ref_logprobs": ref_logprobs, "values": values}
+        seconds = {"sample": t1 - t0, "score": t2 - t1, "reference": time.perf_counter() - t2}
+        sampled = dict(batch=batch, responses=responses, mask=mask, replies=replies, seconds=seconds)
+        entropy = masked_mean(sample.entropy, mask).item()
+        scored = dict(scores=scores, raw_scores=raw_scores, has_eos=has_eos, entropy=entropy)
+        return {**sampled, **scored, "logprobs": sample.logprobs, "ref_logprobs": ref_logprobs, "values": sample.values}
 
     def step(self) -> dict:
         """One PPO iteration; returns the logged statistics."""
@@ -260,19 +283,22 @@ class PPOTrainer:
 
         stats: dict[str, list[float]] = {k: [] for k in ("pg_loss", "vf_loss", "clipfrac", "approx_kl", "vf_clipfrac")}
         self._no_dropout()
+        t_update = time.perf_counter()
         for _ in range(cfg.ppo_epochs):
             order = torch.randperm(cfg.batch_size)
             for i in range(0, cfg.batch_size, cfg.mini_batch_size):
                 idx = order[i : i + cfg.mini_batch_size]
-                m = mask[idx]
+                # the mini-batch cut after its own longest reply: the columns after it are masked out everywhere
+                m, responses, old_lp, adv, old_v, ret = trimmed_rows(
+                    idx, mask, ro["responses"], ro["logprobs"], advantages, ro["values"], returns
+                )
                 # the rollout's encoder output is reused, unless the encoder LoRA trains (then it re-runs)
                 logits, values = self.policy_and_value(
-                    ro["batch"].rows(idx), ro["responses"][idx], cfg.temperature, encoder_grad=self.train_encoder
+                    ro["batch"].rows(idx), responses, cfg.temperature, encoder_grad=self.train_encoder
                 )
-                logprobs = gather_logprobs(logits, ro["responses"][idx])
-                pg_loss, ratio = clipped_policy_loss(logprobs, ro["logprobs"][idx], advantages[idx], m, cfg.cliprange)
-                old_v = ro["values"][idx]
-                vf_loss, vf_clipfrac = clipped_value_loss(values, old_v, returns[idx], m, cfg.cliprange_value)
+                logprobs = gather_logprobs(logits, responses)
+                pg_loss, ratio = clipped_policy_loss(logprobs, old_lp, adv, m, cfg.cliprange)
+                vf_loss, vf_clipfrac = clipped_value_loss(values, old_v, ret, m, cfg.cliprange_value)
                 loss = pg_loss + cfg.vf_coef * vf_loss
                 # NaN/inf guard: skip this mini-batch, say so (every process skips if one must: DDP steps together)
                 if self.accelerator.reduce(torch.isfinite(loss).float(), "sum") < self.world:
@@ -287,8 +313,8 @@ class PPOTrainer:
                 with torch.no_grad():
                     stats["pg_loss"].append(pg_loss.item())
                     stats["vf_loss"].append(vf_loss.item())
-                    stats["clipfrac"].append(policy_clip_fraction(ratio, advantages[idx], m, cfg.cliprange).item())
-                    stats["approx_kl"].append(0.5 * masked_mean((logprobs - ro["logprobs"][idx]) ** 2, m).item())
+                    stats["clipfrac"].append(policy_clip_fraction(ratio, adv, m, cfg.cliprange).item())
+                    stats["approx_kl"].append(0.5 * masked_mean((logprobs - old_lp) ** 2, m).item())
                     stats["vf_clipfrac"].append(vf_clipfrac.item())
 
         trained = mask.bool()
@@ -307,6 +333,9 @@ class PPOTrainer:
                 "eos_fraction": ro["has_eos"].float().mean().item(),
                 "explained_variance": explained_var.item(),
                 "seconds": time.perf_counter() - t0,
+                # where the step's time went: sampling (with log-probs and values), reward model, reference, updates
+                **{f"seconds_{phase}": sec for phase, sec in ro["seconds"].items()},
+                "seconds_update": time.perf_counter() - t_update,
                 **{k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()},
             }
         )

@@ -190,7 +190,8 @@ def test_online_prompts_are_prompt_major_and_no_value_head_is_trained(sft_adapte
     optimised = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
     assert not value_params & optimised and optimised
     ro = trainer.rollout(prompts)
-    assert torch.allclose(ro["logprobs"], ro["ref_logprobs"])  # reference = SFT adapter: KL 0 at the start
+    # reference = SFT adapter: KL 0 at the start (to float rounding: sampling loop vs teacher-forced pass)
+    torch.testing.assert_close(ro["logprobs"], ro["ref_logprobs"], atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="multiple of k"):
         make_online(RLOOTrainer, sft_adapter, hello_reward, batch_size=10, k=4)
     assert online_defaults("rloo", k=2).batch_size == 16  # the prompts per step (8) stay; k replies to each
@@ -203,7 +204,7 @@ def test_critic_free_methods_learn_a_synthetic_reward(sft_adapter, cls):
     start = history[0]["reward"]  # step 0's replies are sampled before any update: the SFT policy's reward
     end = sum(h["reward"] for h in history[-3:]) / 3
     assert end >= start + 0.3 and end >= 0.8, [round(h["reward"], 2) for h in history]
-    assert history[0]["kl"] == 0.0 and all(math.isfinite(h["kl"]) and math.isfinite(h["loss"]) for h in history)
+    assert abs(history[0]["kl"]) < 1e-3 and all(math.isfinite(h["kl"]) and math.isfinite(h["loss"]) for h in history)
 
 
 # --------------------------------------------------------------------------- best-of-N

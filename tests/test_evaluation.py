@@ -266,7 +266,7 @@ def test_kl_of_the_sft_policy_is_zero_and_grows_with_the_perturbation(tiny_run):
     policies = tiny_policies(root, cfg, tokenizer)
     judge = word_count_judge()
     sft_point, replies = sample_kl_point(policies.trainer, PROMPTS, judge, "SFT", batch_size=5)
-    assert sft_point.kl == 0.0 and sft_point.n == len(PROMPTS) == len(replies)
+    assert abs(sft_point.kl) < 1e-3 and sft_point.n == len(PROMPTS) == len(replies)
     assert sft_point.proxy_score == pytest.approx(np.mean(reward_by_length(PROMPTS, replies)))
     assert sft_point.gold_score == pytest.approx(judge.score(PROMPTS, replies).total.mean())
     again, _ = sample_kl_point(policies.trainer, PROMPTS, judge, "SFT", batch_size=5)
@@ -285,7 +285,7 @@ def test_points_use_every_checkpoint_once_and_are_cached(tiny_run, artifacts):
     # step 4's checkpoint and the final policy hold the same weights: one point
     assert [p.label for p in points] == ["SFT", "step 2", "step 4"]
     assert [p.source for p in points] == ["sft", "checkpoint", "checkpoint"]
-    assert points[0].kl == 0.0 and points[1].kl > 0 and points[2].kl > 0
+    assert abs(points[0].kl) < 1e-3 and points[1].kl > 1e-3 and points[2].kl > 1e-3
     assert points[2].checkpoint.endswith("checkpoints/step_00004")
     cached = sorted(evaluation_dir().glob("kl_point_*.json"))
     assert len(cached) == 3
