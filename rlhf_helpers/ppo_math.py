@@ -9,8 +9,9 @@ Each function is one formula with its source, written on whole batches of replie
 * ``clipped_policy_loss`` and ``clipped_value_loss``: PPO's clipped objectives (Schulman et al. 2017), and
   ``policy_clip_fraction``: how many tokens the clip really stops;
 * ``AdaptiveKLController``: the adaptive beta of Ziegler et al. 2019;
-* ``masked_whiten``, ``RunningMoments``, ``gather_logprobs``, ``entropy_from_logits``,
-  ``logprobs_and_entropy``: the plumbing (``gather_logprobs`` with a memory-saving backward).
+* ``masked_whiten``, ``RunningMoments``, ``logsumexp``, ``gather_logprobs``, ``entropy_from_logits``,
+  ``logprobs_and_entropy``: the plumbing (``gather_logprobs`` with a memory-saving backward, ``logsumexp``
+  without torch's slow path for underflowing exponents).
 
 Nothing here knows about models, so the same functions serve encoder-decoder and decoder-only policies.
 """
@@ -154,18 +155,38 @@ class RunningMoments:
         return math.sqrt(max(self.var, 1e-8))
 
 
+#: Below exp(-80) < 2e-35 a term of a sum whose largest term is exp(0) = 1 (the maximum subtracted first) cannot change
+#: an fp32 result (fp32 numbers near 1 are 1.2e-7 apart), so clamping the exponent there changes no sum. It is for
+#: speed: torch's exp is ~30x slower on arguments whose result underflows (on this 2-core CPU 11 ms against 0.3 ms for
+#: 8 x 32128 logits at the scale of a random-init T5), and a 32k-word distribution holds thousands of them.
+EXP_FLOOR = -80.0
+
+
+def logsumexp(logits: torch.Tensor) -> torch.Tensor:
+    """log sum_i exp(z_i) over the last dimension, as m + log sum_i exp(z_i - m) with m = max_i z_i and each
+    exponent clamped at :data:`EXP_FLOOR` (``torch.logsumexp``'s value to float rounding, without its slow path).
+    For finite logits, as models produce."""
+    m = logits.amax(dim=-1, keepdim=True)
+    return (logits - m).clamp_(min=EXP_FLOOR).exp_().sum(dim=-1).log_() + m.squeeze(-1)
+
+
+def softmax_from(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """softmax(z) = exp(z - logsumexp(z)), the exponent clamped as in :func:`logsumexp`: probabilities below 2e-35
+    read as 2e-35."""
+    return (logits - lse.unsqueeze(-1)).clamp_(min=EXP_FLOOR).exp_()
+
+
 class _TokenLogprob(torch.autograd.Function):
     """z_y - logsumexp(z) with a hand-written backward, d/dz = onehot(y) - softmax(z).
 
-    Same numbers as autograd to the last bit (the same float operations, added in an order that
-    does not matter), but one vocabulary-sized buffer in the backward where autograd's chain
-    (gather, logsumexp, sub) allocates four: with Flan-T5's 32k vocabulary, a mini-batch of 4 x 16
-    reply tokens saves ~25 MB per backward (``benchmarks/ppo_step.py``: training memory 152 -> 99 MB
-    with the reply-by-reply rollout below). First derivatives only, as PPO needs."""
+    The same numbers as autograd's chain (gather, logsumexp, sub) to float rounding (``logsumexp`` above), but one
+    vocabulary-sized buffer in the backward where the chain allocates four: with Flan-T5's 32k vocabulary, a
+    mini-batch of 4 x 16 reply tokens saves ~25 MB per backward (``benchmarks/ppo_step.py``: training memory
+    152 -> 99 MB with the reply-by-reply rollout below). First derivatives only, as PPO needs."""
 
     @staticmethod
     def forward(ctx, logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        lse = torch.logsumexp(logits, dim=-1)
+        lse = logsumexp(logits)
         ctx.save_for_backward(logits, tokens, lse)
         return logits.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
 
@@ -173,7 +194,7 @@ class _TokenLogprob(torch.autograd.Function):
     @torch.autograd.function.once_differentiable  # the in-place ops below do not support a second derivative
     def backward(ctx, grad: torch.Tensor):
         logits, tokens, lse = ctx.saved_tensors
-        grad_logits = (logits - lse.unsqueeze(-1)).exp_().mul_(-grad.unsqueeze(-1))  # -g * softmax(z)
+        grad_logits = softmax_from(logits, lse).mul_(-grad.unsqueeze(-1))  # -g * softmax(z)
         return grad_logits.scatter_add_(-1, tokens.unsqueeze(-1), grad.unsqueeze(-1)), None  # + g at y
 
 
@@ -183,8 +204,10 @@ def gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    p = torch.softmax(logits, dim=-1)
-    return torch.logsumexp(logits, dim=-1) - (p * logits).sum(-1)
+    """H = -sum_i p_i log p_i with log p = z - logsumexp(z) (more accurate than logsumexp(z) - sum_i p_i z_i, which
+    subtracts two numbers of the logits' size)."""
+    logp = logits - logsumexp(logits).unsqueeze(-1)
+    return -(logp.clamp(min=EXP_FLOOR).exp_() * logp).sum(-1)
 
 
 def logprobs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor, entropy: bool = True):
