@@ -49,8 +49,9 @@ def default_ppo_dir() -> Path:
 
 def ensure_prerequisites(preset: str, progress: bool = True) -> tuple[Path, Path]:
     """Paths of the SFT adapter and the reward model, training them with defaults if missing
-    (so this notebook also runs on its own)."""
-    from rlhf_helpers.reward import default_reward_dir, reward_defaults, run_reward_stage
+    (so this notebook also runs on its own): the reward model notebook 03 would train for this data folder (the
+    preset's own on the course data, the frozen MiniLM head on yours, ``reward.default_reward_backbone``)."""
+    from rlhf_helpers.reward import default_reward_backbone, default_reward_dir, reward_defaults, run_reward_stage
     from rlhf_helpers.sft import default_sft_dir, run_sft_stage, sft_defaults
 
     sft_dir = default_sft_dir() / "adapter"
@@ -58,7 +59,7 @@ def ensure_prerequisites(preset: str, progress: bool = True) -> tuple[Path, Path
         run_sft_stage(sft_defaults(preset), progress=progress)
     reward_dir = default_reward_dir()
     if not (reward_dir / "reward_config.json").exists():
-        run_reward_stage(reward_defaults(preset), progress=progress)
+        run_reward_stage(reward_defaults(default_reward_backbone(preset)), progress=progress)
     return sft_dir, reward_dir
 
 
