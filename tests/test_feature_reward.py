@@ -165,3 +165,21 @@ def test_the_reward_backbone_follows_the_data_folder(tmp_path, monkeypatch):
     assert default_reward_backbone("tiny") == "tiny" and default_reward_backbone("tiny-causal") == "tiny-causal"
     monkeypatch.setenv("RLHF_DATA_DIR", str(tmp_path))
     assert default_reward_backbone("tiny") == "minilm"
+
+
+def test_ppos_prerequisites_train_the_reward_model_of_the_data_folder(tmp_path, monkeypatch):
+    """``ppo``/``evaluate``/beyond-PPO run before any ``reward`` stage train notebook 03's reward model for the data
+    folder: the frozen MiniLM head on your data, the preset's own on the course data."""
+    import rlhf_helpers.reward as reward
+    import rlhf_helpers.sft as sft
+    from rlhf_helpers.ppo_stage import ensure_prerequisites
+
+    monkeypatch.setenv("RLHF_ARTIFACTS", str(tmp_path / "artifacts"))
+    trained = []
+    monkeypatch.setattr(sft, "run_sft_stage", lambda cfg, progress=True: None)
+    monkeypatch.setattr(reward, "run_reward_stage", lambda cfg, progress=True: trained.append(cfg.backbone))
+    monkeypatch.delenv("RLHF_DATA_DIR", raising=False)
+    ensure_prerequisites("tiny", progress=False)
+    monkeypatch.setenv("RLHF_DATA_DIR", str(tmp_path / "my_data"))
+    ensure_prerequisites("tiny", progress=False)
+    assert trained == ["tiny", "minilm"]
