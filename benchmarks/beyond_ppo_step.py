@@ -30,9 +30,10 @@ Identical settings on both sides (see ``SETTINGS`` and benchmarks/README.md, "Be
 Method (as ``ppo_step.py``): every configuration runs in a fresh subprocess, ours / trl alternate and the order is
 reversed every other round, warm-up steps are excluded, medians over the measured steps. Memory: the worker's peak
 RSS (VmHWM, reset after the trainer is built and every weight touched) and its increase over the RSS at that point
-("training memory"). Per phase: ours' ``rollout`` (generate + decode + reward + old / reference log-probs) and
-``policy.generate`` inside it, DPO's ``sequence_logprobs`` (reference + policy forward); trl's
-``_generate_and_score_completions`` and ``_generate_single_turn``, DPO's ``compute_loss``; "update" = the rest.
+("training memory"). Per phase: ours' ``rollout`` (sampling loop + decode + reward + reference log-probs) and
+the sampling loop inside it (``sampling.sample_replies``, reported as "generate": it also returns the old
+log-probs), DPO's ``sequence_logprobs`` (reference + policy forward); trl's ``_generate_and_score_completions`` and
+``_generate_single_turn``, DPO's ``compute_loss``; "update" = the rest.
 
 The file is also the worker: ``--worker prep|ours|trl`` (internal).
 """
@@ -242,7 +243,9 @@ def worker_ours(args) -> dict:
         reward_fn = lambda ps_, replies: [reward_of(r) for r in replies]  # noqa: E731
         trainer = TRAINERS[args.method](model, tok, reward_fn, prompts, cfg, max_source_length=PROMPT_TOKENS)
         timer.wrap(trainer, "rollout", "rollout")
-        timer.wrap(trainer.policy, "generate", "generate")
+        import rlhf_helpers.ppo as ppo_module  # the rollout's sampling loop (tokens, log-probs, values at once)
+
+        timer.wrap(ppo_module, "sample_replies", "generate")
     rss_loaded, hwm_load, peak_reset = touch_and_measure(torch, model)
     timer.base = rss_loaded
     times, cpu_times, phases, last = [], [], [], {}

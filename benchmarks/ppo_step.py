@@ -59,6 +59,12 @@ TRL_PYTHON = REPO / ".venv-trl011" / "bin" / "python"
 # ------------------------------------------------------------------ settings shared by both sides
 BATCH, MINI_BATCH, EPOCHS, NEW_TOKENS, LORA_R = 8, 4, 4, 16, 8
 LR, BETA, SEED = 1e-3, 0.1, 0
+#: The phases of a step, as each side times them. Ours (``PPOTrainer.step``'s record): the KV-cached sampling loop
+#: (tokens, log-probs and values at once), the reward, the reference pass, the PPO updates. trl 0.11.4: ``generate``,
+#: then in its ``step`` the forward pass (log-probs, values and reference log-probs, teacher-forced), the rewards
+#: and the updates (``time/ppo/*``).
+OUR_PHASES = ("sample", "score", "reference", "update")
+TRL_PHASES = ("generate", "forward_pass", "compute_rewards", "optimize_step")
 
 FLAN_T5_SMALL = dict(
     vocab_size=32128,
@@ -412,7 +418,17 @@ def worker_ours(args) -> dict:
     )
     # Our trainer samples prompts (with replacement) itself; give it exactly the 8 fixed prompts trl gets.
     trainer._prompts_for_step = lambda step: list(prompts)
-    return run_steps(args, trainer.step, torch, model)
+    split = {phase: [] for phase in OUR_PHASES}
+
+    def one_step():
+        record = trainer.step()  # it times its own phases (sampling loop, reward, reference pass, updates)
+        for phase in OUR_PHASES:
+            split[phase].append(record[f"seconds_{phase}"])
+        return record
+
+    result = run_steps(args, one_step, torch, model)
+    result["split"] = {k: v[args.warmup :] for k, v in split.items()}
+    return result
 
 
 # ------------------------------------------------------------------ worker: trl 0.11.4
@@ -720,6 +736,7 @@ def main() -> None:
         ppo_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "ppo.py").read_bytes()).hexdigest()[:16],
         ppo_math_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "ppo_math.py").read_bytes()).hexdigest()[:16],
         policy_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "policy.py").read_bytes()).hexdigest()[:16],
+        sampling_py_sha256=hashlib.sha256((REPO / "rlhf_helpers" / "sampling.py").read_bytes()).hexdigest()[:16],
     )
     report = {"settings": settings, "shapes": {}}
     t_start = time.perf_counter()
@@ -831,6 +848,14 @@ def markdown_table(report: dict) -> str:
                 f"{s['min_s']:.3f}–{s['max_s']:.3f} | {s['median_cpu_s']:.3f} | {sp} | {s['peak_rss_mb']:.0f} | {r1} | "
                 f"{s['peak_increase_mb']:.0f} | {r2} |"
             )
+    lines += ["", "Where a step's time goes (median seconds per phase):", ""]
+    for shape, data in report["shapes"].items():
+        for name, s in data["summary"].items():
+            phases = OUR_PHASES if name.startswith("ours") else TRL_PHASES
+            parts = [f"{k} {s[f'median_{k}_s']:.3f}" for k in phases if f"median_{k}_s" in s]
+            if parts:
+                label = (causal_labels if data["meta"].get("arch") == "causal" else labels)[name]
+                lines.append(f"- {shape}, {label}: " + ", ".join(parts))
     ok = lambda c: "met" if c else "NOT met"  # noqa: E731
     ref = report["shapes"].get("flan-t5-small", {}).get("summary", {}).get("ours", {})
     if "speedup_vs_trl" in ref:

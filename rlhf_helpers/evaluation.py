@@ -514,7 +514,7 @@ def sample_kl_point(
     This is exactly the quantity PPO's penalty and its logged ``kl`` use: log-probabilities of softmax(z / T),
     the distributions replies are sampled from at the training temperature T, so its expectation is
     KL(pi_T || pi_SFT,T) and the points line up with the training curves. For the SFT policy itself it is
-    0 to float rounding (~1e-6: the sampling loop's log-probs against the reference's teacher-forced pass).
+    0 to float rounding (~1e-6 in fp32: the sampling loop's log-probs against the reference's teacher-forced pass).
     Returns the point (step 0, source 'checkpoint': callers fill in what they know) and the replies."""
     import torch
 

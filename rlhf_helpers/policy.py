@@ -8,7 +8,7 @@ same for every model and lives in ``ppo_math.py``.
 
 * :class:`Seq2SeqPolicy` (Flan-T5): the prompt goes through the encoder once; the decoder reads the
   reply shifted right behind the decoder start token. The encoder's output can be reused by
-  generation, the old/reference passes and every PPO epoch (the frozen-encoder shortcut).
+  the sampling loop, the reference pass and every PPO epoch (the frozen-encoder shortcut).
 * :class:`CausalPolicy` (GPT, Llama, SmolLM2): prompt and reply are one sequence. Prompts are
   **left**-padded so that every reply starts at the same column; ``position_ids`` count real tokens
   only (a left-padded row must not start at position 7); the logits that predict reply token t sit at
@@ -117,7 +117,8 @@ class Seq2SeqPolicy:
             output_hidden_states=True,
             use_cache=False,
         )
-        logits = out.logits if temperature == 1.0 else out.logits / temperature
+        logits = out.logits.float()  # fp32 log-probs also under bf16 autocast (a no-op in fp32)
+        logits = logits if temperature == 1.0 else logits / temperature
         return logits, out.decoder_hidden_states[-1]
 
     # ---- incremental decoding (the sampling loop of rlhf_helpers.sampling)
@@ -208,7 +209,8 @@ class CausalPolicy:
             output_hidden_states=True,
             use_cache=False,
         )
-        logits = out.logits if temperature == 1.0 else out.logits / temperature
+        logits = out.logits.float()  # fp32 log-probs also under bf16 autocast (a no-op in fp32)
+        logits = logits if temperature == 1.0 else logits / temperature
         return logits, out.hidden_states[-1][:, -T:]
 
     # ---- incremental decoding (the sampling loop of rlhf_helpers.sampling)

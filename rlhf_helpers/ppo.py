@@ -23,7 +23,7 @@ Design decisions (each fixes a known pain of trl 0.11.4's seq2seq PPO):
 * Dropout off: rollouts, log-prob passes and updates run in eval mode (set by the trainer, whatever
   mode the model was loaded in), so the ratio is 1 before the first update (to float rounding: the rollout's
   log-probs come from the KV-cached sampling loop, the update's from a teacher-forced pass; they differ by
-  ~1e-6, and so does the KL to the SFT adapter at step 0).
+  ~1e-6 in fp32, more under bf16 autocast, and so does the KL to the SFT adapter at step 0).
 * Speed: the rollout is our own KV-cached sampling loop (``sampling.py``): it samples ``generate``'s tokens and
   returns with them each token's tempered log-prob, the entropy and the value, so no second pass over the
   replies is needed for them; only the reference (the SFT adapter) runs one batched teacher-forced pass. The
@@ -317,6 +317,7 @@ class PPOTrainer:
                     stats["approx_kl"].append(0.5 * masked_mean((logprobs - old_lp) ** 2, m).item())
                     stats["vf_clipfrac"].append(vf_clipfrac.item())
 
+        t_end = time.perf_counter()
         trained = mask.bool()
         if trained.sum() > 1:  # 1 - Var(R - V) / Var(R): how much of the returns the value head predicts
             unexplained = torch.var((returns - ro["values"])[trained])
@@ -332,10 +333,10 @@ class PPOTrainer:
                 "response_length": mask.sum(dim=1)[valid].mean().item(),
                 "eos_fraction": ro["has_eos"].float().mean().item(),
                 "explained_variance": explained_var.item(),
-                "seconds": time.perf_counter() - t0,
+                "seconds": t_end - t0,
                 # where the step's time went: sampling (with log-probs and values), reward model, reference, updates
                 **{f"seconds_{phase}": sec for phase, sec in ro["seconds"].items()},
-                "seconds_update": time.perf_counter() - t_update,
+                "seconds_update": t_end - t_update,
                 **{k: (sum(v) / len(v) if v else float("nan")) for k, v in stats.items()},
             }
         )

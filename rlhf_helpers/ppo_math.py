@@ -156,9 +156,10 @@ class RunningMoments:
 
 
 #: Below exp(-80) < 2e-35 a term of a sum whose largest term is exp(0) = 1 (the maximum subtracted first) cannot change
-#: an fp32 result (fp32 numbers near 1 are 1.2e-7 apart), so clamping the exponent there changes no sum. It is for
-#: speed: torch's exp is ~30x slower on arguments whose result underflows (on this 2-core CPU 11 ms against 0.3 ms for
-#: 8 x 32128 logits at the scale of a random-init T5), and a 32k-word distribution holds thousands of them.
+#: an fp32 result (fp32 numbers near 1 are 1.2e-7 apart), so clamping the exponent there changes a sum by float
+#: rounding at most. It is for speed: torch's exp is ~30x slower on arguments whose result underflows (on this 2-core
+#: CPU 11 ms against 0.3 ms for 8 x 32128 logits at the scale of a random-init T5), and a 32k-word distribution holds
+#: thousands of them.
 EXP_FLOOR = -80.0
 
 

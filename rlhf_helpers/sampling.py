@@ -1,9 +1,9 @@
 """The rollout's sampling loop: our own key/value-cached decoding, shared by PPO, RLOO, GRPO and evaluation.
 
-Why not ``model.generate``? At the sizes this course trains, Hugging Face's generation loop spends most of its
-time in Python bookkeeping, not arithmetic, and it returns only the tokens: PPO then ran the policy a second
-time over the same tokens, teacher-forced, for the log-probs and values. This loop does both at once. At every
-step t it has the logits z_t of reply position t, so it keeps
+Why not ``model.generate``? It returns only the tokens: PPO then ran the policy a second time over the same
+tokens, teacher-forced, for the log-probs and values. This loop costs what ``generate`` costs (the same incremental
+forwards; benchmarks/README.md, "Results with the sampling loop") and does both at once. At every step t it has the
+logits z_t of reply position t, so it keeps
 
     log pi(y_t | x, y_<t) = log softmax(z_t / T)[y_t]    (the tempered log-prob, as every PPO pass uses)
     H_t = entropy of softmax(z_t / T)                     (logged)
@@ -16,8 +16,11 @@ The token choice is ``generate``'s, step for step: the same logits processors (t
 ``MinNewTokensLengthLogitsProcessor``, ``TemperatureLogitsWarper``, ``TopKLogitsWarper``, ``TopPLogitsWarper``,
 in generate's order), one ``torch.multinomial`` draw per step (or ``argmax`` when greedy), rows past their EOS
 padded, and a stop when every row has ended. So at the same seed it samples the same tokens
-(``tests/test_sampling.py``). The log-probs are of softmax(z / T) *before* the min-length and top-k/top-p cuts,
-exactly as the teacher-forced passes compute them (PPO's ratio and KL are of the tempered model, not of the cut).
+(``tests/test_sampling.py``). Two differences, both deliberate: the model's own extra generation settings (a
+repetition penalty, banned words: :data:`IGNORED_GENERATION_SETTINGS`) are left out, with a warning, and an unset
+``top_k`` means no cut (``generate``'s default is 50). The log-probs are of softmax(z / T) *before* the min-length and
+top-k/top-p cuts, exactly as the teacher-forced passes compute them (PPO's ratio and KL are of the tempered model, not
+of the cut).
 
 Only the two halves that know the architecture come from the policy (:mod:`rlhf_helpers.policy`):
 ``start_decoding`` (T5: the decoder reads its start token, the encoder output and its cross-attention keys
@@ -26,6 +29,7 @@ computed once; causal: the left-padded prompt goes in once) and ``continue_decod
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -64,14 +68,35 @@ def stop_and_pad_ids(model, tokenizer=None, pad_token_id: int | None = None) -> 
     return eos, eos[0] if pad is None else pad
 
 
+#: ``generation_config`` fields that change ``generate``'s token choice and that this loop does not apply (a model
+#: whose config sets one gets a warning). PPO's log-probs are of softmax(z / T) without them, so leaving them out is
+#: what keeps the sampled distribution and the trained one the same.
+IGNORED_GENERATION_SETTINGS = (
+    "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+    "bad_words_ids", "suppress_tokens", "begin_suppress_tokens", "forced_bos_token_id", "forced_eos_token_id",
+    "min_length", "min_p", "typical_p", "epsilon_cutoff", "eta_cutoff", "sequence_bias",
+    "exponential_decay_length_penalty",
+)  # fmt: skip
+_warned: set[int] = set()
+
+
+def ignored_generation_settings(model) -> list[str]:
+    """The :data:`IGNORED_GENERATION_SETTINGS` that ``model.generation_config`` sets to a non-default value."""
+    from transformers import GenerationConfig
+
+    cfg, default = model.generation_config, GenerationConfig()
+    return [k for k in IGNORED_GENERATION_SETTINGS if getattr(cfg, k, None) != getattr(default, k, None)]
+
+
 def logits_processors(
-    eos: list[int], min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float
+    eos: list[int], min_new_tokens: int, do_sample: bool, temperature: float, top_k: int, top_p: float,
+    device: torch.device | str = "cpu",
 ) -> LogitsProcessorList:
     """transformers' own processors, in ``generate``'s order: first the min-length ban on EOS, then (sampling
-    only) temperature, top-k, top-p."""
+    only) temperature, top-k, top-p. ``device``: the logits' (the EOS ids are compared there)."""
     procs = LogitsProcessorList()
     if min_new_tokens > 0:  # counts the reply tokens so far (the loop passes only those)
-        procs.append(MinNewTokensLengthLogitsProcessor(0, min_new_tokens, eos))
+        procs.append(MinNewTokensLengthLogitsProcessor(0, min_new_tokens, eos, device=device))
     if do_sample:
         if temperature != 1.0:
             procs.append(TemperatureLogitsWarper(temperature))
@@ -107,8 +132,14 @@ def sample_replies(
     if do_sample and temperature <= 0:
         raise ValueError(f"temperature must be > 0 to sample, got {temperature}")
     eos, pad = stop_and_pad_ids(policy.model, policy.tokenizer, pad_token_id)
-    procs = logits_processors(eos, min_new_tokens, do_sample, temperature, top_k, top_p)
-    eos_ids = torch.tensor(eos, device=batch.input_ids.device)
+    ignored = ignored_generation_settings(policy.model)
+    if ignored and id(policy.model) not in _warned:
+        _warned.add(id(policy.model))
+        warnings.warn(f"the model's generation_config sets {', '.join(ignored)}: the sampling loop does not apply "
+                      "it (PPO's log-probs are of softmax(z / T) without it)", stacklevel=2)
+    device = batch.input_ids.device
+    procs = logits_processors(eos, min_new_tokens, do_sample, temperature, top_k, top_p, device=device)
+    eos_ids = torch.tensor(eos, device=device)
     n = batch.input_ids.shape[0]
     unfinished = torch.ones(n, dtype=torch.long, device=batch.input_ids.device)
     tokens = batch.input_ids.new_empty((n, 0))

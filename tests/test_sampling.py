@@ -132,3 +132,92 @@ def test_trimmed_rows_cut_after_the_mini_batchs_longest_reply():
     assert v.shape == (1, 5)
     m, _ = trimmed_rows(torch.tensor([0]), torch.zeros(3, 5), values)  # a row left out (mask 0): one column kept
     assert m.shape == (1, 1)
+
+
+class BoostEOS:
+    """A logits processor for ``generate`` that makes EOS the likeliest token (unless banned: -inf stays -inf)."""
+
+    def __init__(self, eos: list[int]):
+        self.eos = eos
+
+    def __call__(self, input_ids, scores):
+        scores = scores.clone()
+        scores[:, self.eos] += 50.0
+        return scores
+
+
+def boost_eos_in_the_loop(policy, eos: list[int], monkeypatch):
+    """The same +50 on EOS in our loop, added to the logits the policy returns (before the loop's processors)."""
+    for name in ("start_decoding", "continue_decoding"):
+        real = getattr(policy, name)
+
+        def boosted(*args, _real=real, **kwargs):
+            logits, hidden, state = _real(*args, **kwargs)
+            logits = logits.clone()
+            logits[:, eos] += 50.0
+            return logits, hidden, state
+
+        monkeypatch.setattr(policy, name, boosted)
+
+
+@pytest.mark.parametrize("min_new_tokens", [0, 1, 5])
+def test_min_new_tokens_counts_as_generate_counts_when_eos_is_the_likeliest_token(lora_policy, min_new_tokens,
+                                                                                   monkeypatch):
+    """EOS pushed to the top at every step: EOS is banned for the first min_new_tokens tokens, so every reply is exactly
+    min_new_tokens + 1 tokens long, EOS last, and generate (with the same push) draws the same tokens. An off-by-one
+    in the min-length ban shows here."""
+    from transformers import LogitsProcessorList
+
+    batch = lora_policy.tokenize(PROMPTS, "cpu")
+    eos, _ = stop_and_pad_ids(lora_policy.model, lora_policy.tokenizer)
+    settings = dict(do_sample=True, max_new_tokens=12, min_new_tokens=min_new_tokens)
+    torch.manual_seed(0)
+    kwargs = dict(settings, logits_processor=LogitsProcessorList([BoostEOS(eos)]))
+    expected = hf_generate(lora_policy, batch, kwargs)
+    boost_eos_in_the_loop(lora_policy, eos, monkeypatch)
+    torch.manual_seed(0)
+    ours = lora_policy.generate(batch, **settings)
+    assert torch.equal(ours, expected)
+    assert ours.shape[1] == min_new_tokens + 1 and (ours[:, -1] == eos[0]).all()
+    assert not (ours[:, :-1] == eos[0]).any()
+
+
+def test_every_eos_id_of_the_generation_config_ends_a_reply_as_in_generate(lora_policy):
+    """A model with two EOS ids (as Qwen's generation config lists): the loop stops a row on either, like generate."""
+    cfg = lora_policy.model.generation_config
+    saved = cfg.eos_token_id
+    batch = lora_policy.tokenize(PROMPTS, "cpu")
+    torch.manual_seed(0)
+    common = sample_replies(lora_policy, batch, max_new_tokens=20).tokens[:, :3].flatten().tolist()
+    second = max(set(common) - {saved}, key=common.count)  # a token the model often samples early: a second EOS
+    try:
+        cfg.eos_token_id = [saved, second]
+        for seed in (0, 1):
+            torch.manual_seed(seed)
+            expected = hf_generate(lora_policy, batch, dict(do_sample=True, max_new_tokens=20))
+            torch.manual_seed(seed)
+            ours = lora_policy.generate(batch, do_sample=True, max_new_tokens=20)
+            assert torch.equal(ours, expected)
+            assert (ours == second).any()  # the second id did end replies
+    finally:
+        cfg.eos_token_id = saved
+
+
+def test_the_min_length_ban_is_built_on_the_logits_device():
+    from rlhf_helpers.sampling import logits_processors
+
+    procs = logits_processors([1], 2, True, 1.0, 0, 1.0, device="meta")  # no GPU here: the meta device stands in
+    assert procs[0].eos_token_id.device.type == "meta"
+
+
+def test_generation_settings_the_loop_leaves_out_are_named_in_a_warning():
+    from rlhf_helpers import presets
+    from rlhf_helpers.sampling import ignored_generation_settings
+
+    model, tok = presets.load_base("tiny")
+    policy = policy_for(model, tok, max_source_length=64)
+    assert ignored_generation_settings(model) == []
+    model.generation_config.repetition_penalty = 1.2
+    assert ignored_generation_settings(model) == ["repetition_penalty"]
+    with pytest.warns(UserWarning, match="repetition_penalty"):
+        sample_replies(policy, policy.encode(PROMPTS[:2], "cpu"), max_new_tokens=4)
