@@ -36,7 +36,7 @@ KEYS = ("win_rate_vs_sft", "kl_end", "reward_start", "reward_end", "rm_score_sft
 
 
 #: The PPO code whose behaviour the stored numbers describe.
-CODE_FILES = ("ppo.py", "ppo_math.py", "ppo_stage.py", "policy.py")
+CODE_FILES = ("ppo.py", "ppo_math.py", "ppo_stage.py", "policy.py", "sampling.py")
 
 
 def code_digest() -> str:
