@@ -12,6 +12,9 @@ from rlhf_helpers.config import DEFAULT_SEED, course_seed
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Two xdist workers share 2 cores, each process with torch's 2 OpenMP threads: idle threads should sleep, not spin
+# (libgomp's default spin-wait takes the CPU the other worker needs). Read when torch loads; no numbers change.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Progress bars in notebook kernels send a widget update per refresh; under nbval that flood of
 # iopub messages can delay a cell's output past nbval's 5 s wait. One refresh a second is plenty.
 os.environ.setdefault("TQDM_MININTERVAL", "1")
@@ -42,3 +45,4 @@ def artifacts(tmp_path, monkeypatch):
     folder = tmp_path / "artifacts"
     monkeypatch.setenv("RLHF_ARTIFACTS", str(folder))
     return folder
+
