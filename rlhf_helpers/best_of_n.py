@@ -20,6 +20,8 @@ import torch
 
 from rlhf_helpers.online_math import best_of_n_kl, best_of_n_select
 from rlhf_helpers.policy import policy_for
+from rlhf_helpers.ppo_math import has_eos
+from rlhf_helpers.sampling import stop_and_pad_ids
 
 
 @dataclass
@@ -52,6 +54,7 @@ def best_of_n(
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     policy = policy_for(model, tokenizer, max_source_length)
+    eos_ids = stop_and_pad_ids(model, tokenizer)[0]  # every id the sampling loop stops at
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -65,10 +68,10 @@ def best_of_n(
         responses = policy.generate(
             batch, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens
         )
-        has_eos = (responses == tokenizer.eos_token_id).any(dim=1)
+        ended = has_eos(responses, eos_ids)
         replies = [t.strip() for t in tokenizer.batch_decode(responses, skip_special_tokens=True)]
         scores = torch.tensor(reward_fn(repeated, replies), dtype=torch.float)
-        scores = scores - missing_eos_penalty * (~has_eos).float().cpu()
+        scores = scores - missing_eos_penalty * (~ended).float().cpu()
         for p in range(len(chunk)):
             all_replies.append(replies[p * n : (p + 1) * n])
             all_scores.append(scores[p * n : (p + 1) * n].tolist())

@@ -41,6 +41,7 @@ from rlhf_helpers.config import course_seed, fast_cpu_math
 from rlhf_helpers.dpo_math import dpo_loss, dpo_metrics, ipo_loss, reply_logprobs
 from rlhf_helpers.policy import policy_for
 from rlhf_helpers.ppo_math import kl_k1, logprobs_and_entropy, response_mask
+from rlhf_helpers.sampling import stop_and_pad_ids
 
 
 @dataclass
@@ -243,6 +244,7 @@ def sampled_kl(
     prompt. ``use_adapter(name)`` switches adapters (the trainer's); the same seed gives the same replies. With
     ``train_encoder`` (an encoder-decoder whose encoder LoRA trained) the reference gets its own encoder output."""
     model, tok = policy.model, policy.tokenizer
+    eos_ids = stop_and_pad_ids(model, tok)[0]
     device = next(model.parameters()).device
     model.eval()
     torch.manual_seed(seed)
@@ -253,7 +255,7 @@ def sampled_kl(
             responses = policy.generate(
                 batch, do_sample=True, temperature=temperature, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens
             )
-            mask = response_mask(responses, tok.eos_token_id)
+            mask = response_mask(responses, eos_ids)  # any EOS id the sampling loop stops at
             logits, _ = policy.forward(batch, responses, temperature)
             logprobs, _ = logprobs_and_entropy(logits, responses, entropy=False)
             del logits

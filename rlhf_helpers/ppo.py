@@ -59,6 +59,7 @@ from rlhf_helpers.ppo_math import (  # the equations, one small tested function 
     clipped_value_loss,
     gae,
     gather_logprobs,
+    has_eos,
     kl_k1,
     logprobs_and_entropy,
     masked_mean,
@@ -67,7 +68,7 @@ from rlhf_helpers.ppo_math import (  # the equations, one small tested function 
     policy_clip_fraction,
     response_mask,
 )
-from rlhf_helpers.sampling import sample_replies
+from rlhf_helpers.sampling import sample_replies, stop_and_pad_ids
 
 
 @dataclass
@@ -171,6 +172,8 @@ class PPOTrainer:
         self.device = self.accelerator.device
         # The one part that knows the architecture: encoder-decoder or decoder-only (rlhf_helpers.policy).
         self.policy = policy_for(model, tokenizer, max_source_length)
+        # Every id a reply may end with, as the sampling loop stops at them (the generation config may list several)
+        self.eos_ids = stop_and_pad_ids(model, tokenizer)[0]
         torch.manual_seed(cfg.seed)
         self.value_head = ValueHead(model.config.hidden_size).to(self.device)
         self._use_adapter("policy")
@@ -239,13 +242,13 @@ class PPOTrainer:
             value_head=self.value_head,
         )
         responses = sample.tokens  # right-padded after EOS
-        mask = response_mask(responses, tok.eos_token_id)  # from the first EOS, never from ids != pad
+        mask = response_mask(responses, self.eos_ids)  # up to the first EOS, never from ids != pad
         t1 = time.perf_counter()
         replies = tok.batch_decode(responses, skip_special_tokens=True)
         scores = torch.tensor(self.reward_fn(prompts, replies), dtype=torch.float, device=self.device)
         raw_scores = scores.clone()
-        has_eos = (responses == tok.eos_token_id).any(dim=1)
-        scores = scores - cfg.missing_eos_penalty * (~has_eos).float()
+        ended = has_eos(responses, self.eos_ids)
+        scores = scores - cfg.missing_eos_penalty * (~ended).float()
         t2 = time.perf_counter()
         with torch.no_grad():
             # The reference pass runs whatever beta is: the KL to pi_SFT is always measured (the penalty may be 0).
@@ -259,7 +262,7 @@ class PPOTrainer:
         seconds = {"sample": t1 - t0, "score": t2 - t1, "reference": time.perf_counter() - t2}
         sampled = dict(batch=batch, responses=responses, mask=mask, replies=replies, seconds=seconds)
         entropy = masked_mean(sample.entropy, mask).item()
-        scored = dict(scores=scores, raw_scores=raw_scores, has_eos=has_eos, entropy=entropy)
+        scored = dict(scores=scores, raw_scores=raw_scores, has_eos=ended, entropy=entropy)
         return {**sampled, **scored, "logprobs": sample.logprobs, "ref_logprobs": ref_logprobs, "values": sample.values}
 
     def step(self) -> dict:

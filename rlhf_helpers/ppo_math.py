@@ -3,7 +3,8 @@
 Each function is one formula with its source, written on whole batches of replies (shape
 ``(batch, reply_length)``) and tested against hand-computed cases (``tests/test_ppo.py``):
 
-* ``response_mask``: which reply tokens are actions of the policy (up to and including the first EOS);
+* ``response_mask``: which reply tokens are actions of the policy (up to and including the first EOS; ``is_eos``
+  and ``has_eos`` take every EOS id of the generation config);
 * ``kl_k1`` and ``per_token_rewards``: the KL-penalised reward of Stiennon et al. 2020, eq. 2;
 * ``gae``: generalised advantage estimation (Schulman et al. 2016);
 * ``clipped_policy_loss`` and ``clipped_value_loss``: PPO's clipped objectives (Schulman et al. 2017), and
@@ -19,19 +20,33 @@ Nothing here knows about models, so the same functions serve encoder-decoder and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
 
-def response_mask(responses: torch.Tensor, eos_token_id: int) -> torch.Tensor:
-    """1 for every generated token up to and including the first EOS, 0 after it.
+def is_eos(responses: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
+    """True where a token is an EOS. ``eos_token_id``: one id, or several, as a model's generation config may list
+    (Qwen2.5's lists two, and ``generate`` and our sampling loop stop at either; counting only the tokenizer's own
+    would treat a reply that ended with the other as one that never ended)."""
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
+    return torch.isin(responses, torch.tensor(ids, device=responses.device))
+
+
+def response_mask(responses: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
+    """1 for every generated token up to and including the first EOS (any of the ids, :func:`is_eos`), 0 after it.
 
     The first token is always 1 (it is a real action of the policy), so an EOS-only reply is a
     one-token reply, not an empty one. Replies without EOS are all ones.
     """
-    is_eos = (responses == eos_token_id).int()
-    eos_before = torch.cumsum(is_eos, dim=1) - is_eos  # EOS tokens strictly before position t
+    eos = is_eos(responses, eos_token_id).int()
+    eos_before = torch.cumsum(eos, dim=1) - eos  # EOS tokens strictly before position t
     return (eos_before == 0).float()
+
+
+def has_eos(responses: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
+    """(B,) True for the replies that ended (an EOS anywhere, any of the ids): the others hit the length limit."""
+    return is_eos(responses, eos_token_id).any(dim=1)
 
 
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

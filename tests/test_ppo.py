@@ -17,6 +17,7 @@ from rlhf_helpers.ppo_math import (
     entropy_from_logits,
     gae,
     gather_logprobs,
+    has_eos,
     kl_k1,
     logprobs_and_entropy,
     masked_mean,
@@ -31,6 +32,15 @@ def test_response_mask_trains_the_first_token_and_stops_after_eos():
     responses = torch.tensor([[5, 6, 1, 0, 0], [1, 0, 0, 0, 0], [5, 6, 7, 8, 9], [1, 1, 0, 0, 0]])
     expected = torch.tensor([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]], dtype=torch.float)
     assert torch.equal(response_mask(responses, eos_token_id=1), expected)
+
+
+def test_any_eos_id_of_several_ends_a_reply():
+    """A generation config may list two EOS ids (Qwen2.5's does): a reply ends at the first of either."""
+    responses = torch.tensor([[5, 7, 3, 1], [5, 1, 7, 0], [5, 6, 4, 3]])
+    assert response_mask(responses, [1, 7]).tolist() == [[1, 1, 0, 0], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert response_mask(responses, 1).tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]]
+    assert has_eos(responses, [1, 7]).tolist() == [True, True, False]
+    assert has_eos(responses, 7).tolist() == [True, True, False] and has_eos(responses, 9).tolist() == [False] * 3
 
 
 def test_masked_whiten_uses_only_masked_entries():
@@ -271,6 +281,30 @@ def test_eos_only_replies_do_not_crash(sft_adapter, monkeypatch):
     record = trainer.step()
     assert record["response_length"] == 1.0 and record["eos_fraction"] == 1.0
     assert math.isfinite(record["pg_loss"]) and math.isfinite(record["vf_loss"])
+
+
+def test_a_second_eos_id_of_the_generation_config_ends_replies_as_the_first_does(sft_adapter, monkeypatch):
+    """With two EOS ids in the generation config, a reply that ends with the second one is an ended one-token reply
+    (mask, length, EOS fraction, no missing-EOS penalty), as the sampling loop, like ``generate``, stops there."""
+    trainer = make_trainer(sft_adapter, lambda p, r: [0.0] * len(r), min_new_tokens=0, normalize_scores=False,
+                           missing_eos_penalty=2.0)
+    second = trainer.tokenizer.convert_tokens_to_ids("\u2581Hello")  # an ordinary word, made an EOS id here
+    assert second != trainer.tokenizer.unk_token_id
+    monkeypatch.setattr(trainer.model.generation_config, "eos_token_id", [trainer.tokenizer.eos_token_id, second])
+    trainer.eos_ids = [trainer.tokenizer.eos_token_id, second]  # as __init__ reads them from the config
+    real_start = trainer.policy.start_decoding
+
+    def second_eos_first(batch, hidden=False):
+        logits, h, state = real_start(batch, hidden)
+        logits = logits.clone()
+        logits[:, second] = 1e4
+        return logits, h, state
+
+    monkeypatch.setattr(trainer.policy, "start_decoding", second_eos_first)
+    ro = trainer.rollout(trainer._prompts_for_step(0))
+    assert ro["responses"][:, 0].eq(second).all() and ro["mask"].sum(dim=1).eq(1).all()
+    assert ro["has_eos"].all() and ro["scores"].eq(0).all()  # ended: no missing-EOS penalty
+    assert make_trainer(sft_adapter, hello_reward).eos_ids == [trainer.tokenizer.eos_token_id]
 
 
 def test_missing_eos_is_penalised(sft_adapter):
