@@ -172,8 +172,6 @@ class PPOTrainer:
         self.device = self.accelerator.device
         # The one part that knows the architecture: encoder-decoder or decoder-only (rlhf_helpers.policy).
         self.policy = policy_for(model, tokenizer, max_source_length)
-        # Every id a reply may end with, as the sampling loop stops at them (the generation config may list several)
-        self.eos_ids = stop_and_pad_ids(model, tokenizer)[0]
         torch.manual_seed(cfg.seed)
         self.value_head = ValueHead(model.config.hidden_size).to(self.device)
         self._use_adapter("policy")
@@ -190,6 +188,12 @@ class PPOTrainer:
         self.step_idx, self.history, self.samples = 0, [], []
         self.skipped_batches = 0  # mini-batches whose loss was not finite
         self.skipped_replies = 0  # replies whose reward-model score was not finite
+
+    @property
+    def eos_ids(self) -> list[int]:
+        """Every id a reply may end with: the generation config's (it may list several), read as the sampling loop
+        reads them at each rollout, so the masks can never count other ends than the loop stopped at."""
+        return stop_and_pad_ids(self.model, self.tokenizer)[0]
 
     def _no_dropout(self) -> None:
         """Eval mode for the policy, the reference and the value head, in every pass: with dropout on, the
@@ -242,12 +246,13 @@ class PPOTrainer:
             value_head=self.value_head,
         )
         responses = sample.tokens  # right-padded after EOS
-        mask = response_mask(responses, self.eos_ids)  # up to the first EOS, never from ids != pad
+        eos_ids = self.eos_ids
+        mask = response_mask(responses, eos_ids)  # up to the first EOS, never from ids != pad
         t1 = time.perf_counter()
         replies = tok.batch_decode(responses, skip_special_tokens=True)
         scores = torch.tensor(self.reward_fn(prompts, replies), dtype=torch.float, device=self.device)
         raw_scores = scores.clone()
-        ended = has_eos(responses, self.eos_ids)
+        ended = has_eos(responses, eos_ids)
         scores = scores - cfg.missing_eos_penalty * (~ended).float()
         t2 = time.perf_counter()
         with torch.no_grad():

@@ -25,12 +25,14 @@ from collections.abc import Sequence
 import torch
 
 
-def is_eos(responses: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:
+def is_eos(responses: torch.Tensor, eos_token_id: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
     """True where a token is an EOS. ``eos_token_id``: one id, or several, as a model's generation config may list
     (Qwen2.5's lists two, and ``generate`` and our sampling loop stop at either; counting only the tokenizer's own
     would treat a reply that ended with the other as one that never ended)."""
-    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-    return torch.isin(responses, torch.tensor(ids, device=responses.device))
+    if eos_token_id is None:
+        raise ValueError("no EOS token id: a reply could never end (set generation_config.eos_token_id)")
+    ids = torch.as_tensor(eos_token_id, device=responses.device).reshape(-1)  # an int, numpy int, list or tensor
+    return torch.isin(responses, ids.to(responses.dtype))
 
 
 def response_mask(responses: torch.Tensor, eos_token_id: int | Sequence[int]) -> torch.Tensor:

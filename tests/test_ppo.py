@@ -41,6 +41,11 @@ def test_any_eos_id_of_several_ends_a_reply():
     assert response_mask(responses, 1).tolist() == [[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1]]
     assert has_eos(responses, [1, 7]).tolist() == [True, True, False]
     assert has_eos(responses, 7).tolist() == [True, True, False] and has_eos(responses, 9).tolist() == [False] * 3
+    import numpy as np
+
+    assert has_eos(responses, np.int64(1)).tolist() == has_eos(responses, torch.tensor([1])).tolist() == [1, 1, 0]
+    with pytest.raises(ValueError, match="EOS"):
+        response_mask(responses, None)
 
 
 def test_masked_whiten_uses_only_masked_entries():
@@ -284,27 +289,39 @@ def test_eos_only_replies_do_not_crash(sft_adapter, monkeypatch):
 
 
 def test_a_second_eos_id_of_the_generation_config_ends_replies_as_the_first_does(sft_adapter, monkeypatch):
-    """With two EOS ids in the generation config, a reply that ends with the second one is an ended one-token reply
-    (mask, length, EOS fraction, no missing-EOS penalty), as the sampling loop, like ``generate``, stops there."""
-    trainer = make_trainer(sft_adapter, lambda p, r: [0.0] * len(r), min_new_tokens=0, normalize_scores=False,
-                           missing_eos_penalty=2.0)
-    second = trainer.tokenizer.convert_tokens_to_ids("\u2581Hello")  # an ordinary word, made an EOS id here
-    assert second != trainer.tokenizer.unk_token_id
-    monkeypatch.setattr(trainer.model.generation_config, "eos_token_id", [trainer.tokenizer.eos_token_id, second])
-    trainer.eos_ids = [trainer.tokenizer.eos_token_id, second]  # as __init__ reads them from the config
+    """With two EOS ids in the generation config, a reply that ends with the second one is an ended reply (mask,
+    no missing-EOS penalty), as the sampling loop, like ``generate``, stops there. Half the rows are pushed to the
+    second id at their first token; the others run on, so the batch is wider than one column."""
+    from transformers import AutoTokenizer
+
+    from rlhf_helpers.data_prep import load_split
+    from rlhf_helpers.presets import model_path
+
+    base = load_policy_and_reference(sft_adapter, model_path("tiny"))
+    tok = AutoTokenizer.from_pretrained(sft_adapter)
+    second = tok.convert_tokens_to_ids("\u2581Hello")  # an ordinary word, made an EOS id here
+    assert second not in (tok.unk_token_id, tok.eos_token_id)
+    base.generation_config.eos_token_id = [tok.eos_token_id, second]  # before the trainer is built
+    prompts = list(load_split("sft_train")["prompt"][:200])
+    cfg = PPOConfig(batch_size=16, mini_batch_size=8, ppo_epochs=2, max_new_tokens=24, checkpoint_every=0,
+                    min_new_tokens=0, normalize_scores=False, missing_eos_penalty=2.0)
+    trainer = PPOTrainer(base, tok, lambda p, r: [0.0] * len(r), prompts, cfg)
+    assert trainer.eos_ids == [tok.eos_token_id, second]
     real_start = trainer.policy.start_decoding
 
-    def second_eos_first(batch, hidden=False):
+    def second_eos_first_in_even_rows(batch, hidden=False):
         logits, h, state = real_start(batch, hidden)
         logits = logits.clone()
-        logits[:, second] = 1e4
+        logits[::2, second] = 1e4
         return logits, h, state
 
-    monkeypatch.setattr(trainer.policy, "start_decoding", second_eos_first)
+    monkeypatch.setattr(trainer.policy, "start_decoding", second_eos_first_in_even_rows)
     ro = trainer.rollout(trainer._prompts_for_step(0))
-    assert ro["responses"][:, 0].eq(second).all() and ro["mask"].sum(dim=1).eq(1).all()
-    assert ro["has_eos"].all() and ro["scores"].eq(0).all()  # ended: no missing-EOS penalty
-    assert make_trainer(sft_adapter, hello_reward).eos_ids == [trainer.tokenizer.eos_token_id]
+    assert ro["responses"].shape[1] > 1 and ro["responses"][::2, 0].eq(second).all()
+    assert ro["mask"][::2].sum(dim=1).eq(1).all() and ro["has_eos"][::2].all()
+    assert ro["scores"][::2].eq(0).all()  # ended: no missing-EOS penalty
+    assert torch.equal(ro["mask"], response_mask(ro["responses"], [tok.eos_token_id, second]))
+    assert not torch.equal(ro["mask"], response_mask(ro["responses"], tok.eos_token_id))  # the old count differs
 
 
 def test_missing_eos_is_penalised(sft_adapter):
