@@ -25,9 +25,9 @@ os.environ.setdefault("RLHF_REFERENCE_CHECKS", "1" if course_seed() == DEFAULT_S
 
 @pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook (it is in the dev extras; without it this is never called)
 def pytest_xdist_make_scheduler(config, log):
-    """Two pytest-xdist workers (``-n 2``, pyproject.toml's addopts): run one test at a time, the suite kept 2 cores
-    only ~77% busy (measured: 43.4 CPU-minutes in 28.2 minutes of CI), waiting on tokenizers, subprocess and kernel
-    start-ups and file I/O. Work is handed out by scope, as xdist's ``loadscope``:
+    """Two pytest-xdist workers (``-n 2``, pyproject.toml's addopts): run one test at a time, CI kept 2 cores only
+    ~77% busy (measured: 43.4 CPU-minutes in the 28.2 minutes of ``.ci/run``, its set-up included), waiting on
+    tokenizers, subprocess and kernel start-ups and file I/O. Work is handed out by scope, as xdist's ``loadscope``:
 
     * all notebooks are one scope, so they run in course order on one worker: each reads the artifacts the one
       before it wrote (nbval runs a notebook's cells in order on its own kernel);
